@@ -1,0 +1,523 @@
+//! The TOML configuration: types, defaults, parsing and checks.
+//!
+//! Every field has a default (see `default.toml`, which is embedded and is
+//! what `sluice serve` runs without `--config`). Unknown keys are refused,
+//! and every error names the file, the line and the field.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+/// The embedded default configuration.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// A configuration error, naming where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or a field of the wrong type or name.
+    #[error("{file}: line {line}, column {column}: {message}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value that parses but cannot work.
+    #[error("{file}: line {line}: {field}: {message}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// 1-based line of the field, or 0 when it is not in the file.
+        line: usize,
+        /// The field, as a dotted path.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Spool and state folder.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Our host name.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// Domains delivered here.
+    #[serde(default = "default_local_domains")]
+    pub local_domains: Vec<String>,
+    /// Networks allowed to relay.
+    #[serde(default = "default_relay_networks")]
+    pub relay_networks: Vec<IpNet>,
+    /// Listeners.
+    #[serde(default = "default_listeners", rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Certificate and key; absent: self-signed at start.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Protocol and resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Spool settings.
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address and port to bind.
+    pub address: SocketAddr,
+    /// TLS from the first byte (RFC 8314) instead of STARTTLS.
+    #[serde(default)]
+    pub implicit_tls: bool,
+    /// Expect a PROXY protocol v1/v2 header from trusted proxies.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Peers whose PROXY header is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message.
+    pub max_message_size: ByteSize,
+    /// Recipients per transaction.
+    pub max_recipients: usize,
+    /// Command line length with CRLF.
+    pub max_line_length: usize,
+    /// Protocol errors before 421.
+    pub max_bad_commands: u32,
+    /// Octets per session.
+    pub max_session_bytes: ByteSize,
+    /// Lifetime of a session.
+    #[serde(with = "humantime_de")]
+    pub max_session_duration: Duration,
+    /// Connections across all listeners.
+    pub max_connections: usize,
+    /// Connections per client address.
+    pub max_connections_per_ip: usize,
+    /// Waiting for a command.
+    #[serde(with = "humantime_de")]
+    pub command_timeout: Duration,
+    /// Waiting for message data.
+    #[serde(with = "humantime_de")]
+    pub data_timeout: Duration,
+    /// The TLS handshake.
+    #[serde(with = "humantime_de")]
+    pub tls_handshake_timeout: Duration,
+    /// Waiting for the PROXY header.
+    #[serde(with = "humantime_de")]
+    pub proxy_header_timeout: Duration,
+    /// How long shutdown waits for in-flight messages.
+    #[serde(with = "humantime_de")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_size: ByteSize(50 << 20),
+            max_recipients: 100,
+            max_line_length: 512,
+            max_bad_commands: 20,
+            max_session_bytes: ByteSize(1 << 30),
+            max_session_duration: Duration::from_secs(3600),
+            max_connections: 1000,
+            max_connections_per_ip: 50,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            tls_handshake_timeout: Duration::from_secs(30),
+            proxy_header_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[spool]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Share filesystem syncs among concurrent messages.
+    pub group_commit: bool,
+    /// Most messages per shared sync.
+    pub max_batch: usize,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            group_commit: true,
+            max_batch: 256,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Text or JSON lines.
+    pub format: LogFormat,
+    /// A tracing filter.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A size in octets, written as a number or as a string with a unit
+/// (`"50MiB"`, `"10MB"`, `"512KiB"`, `"1k"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} octets", self.0)
+    }
+}
+
+impl ByteSize {
+    /// Parse `"50MiB"` and friends.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}: expected a number and a unit like \"50MiB\""))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            other => return Err(format!("invalid size unit {other:?} in {s:?}")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+mod humantime_de {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}): expected e.g. \"30s\", \"5m\", \"1h\""
+            ))
+        })
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./sluice-data")
+}
+fn default_hostname() -> String {
+    "localhost".into()
+}
+fn default_local_domains() -> Vec<String> {
+    vec!["localhost".into()]
+}
+fn default_relay_networks() -> Vec<IpNet> {
+    vec![
+        "127.0.0.0/8".parse().expect("valid network"),
+        "::1/128".parse().expect("valid network"),
+    ]
+}
+fn default_listeners() -> Vec<ListenerConfig> {
+    vec![
+        ListenerConfig {
+            address: "127.0.0.1:2525".parse().expect("valid address"),
+            implicit_tls: false,
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
+        },
+        ListenerConfig {
+            address: "127.0.0.1:4465".parse().expect("valid address"),
+            implicit_tls: true,
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
+        },
+    ]
+}
+
+impl Config {
+    /// The embedded default.
+    pub fn embedded() -> Self {
+        Self::parse(DEFAULT_TOML, "<embedded default>").expect("the embedded default config is valid")
+    }
+
+    /// Read and check a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parse and check TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((0, 0));
+            ConfigError::Parse {
+                file: file.to_string(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        cfg.local_domains = cfg
+            .local_domains
+            .iter()
+            .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        cfg.check(text, file)?;
+        Ok(cfg)
+    }
+
+    fn check(&self, text: &str, file: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            line: find_line(text, field),
+            field: field.to_string(),
+            message,
+        };
+        if self.hostname.is_empty()
+            || crate::smtp::address::parse_domain(&self.hostname).is_err()
+        {
+            return Err(invalid(
+                "hostname",
+                format!("{:?} is not a valid host name", self.hostname),
+            ));
+        }
+        for d in &self.local_domains {
+            if crate::smtp::address::parse_domain(d).is_err() {
+                return Err(invalid("local_domains", format!("{d:?} is not a valid domain")));
+            }
+        }
+        if self.listeners.is_empty() {
+            return Err(invalid("listener", "at least one [[listener]] is needed".into()));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.proxy_protocol && l.trusted_proxies.is_empty() {
+                return Err(invalid(
+                    "trusted_proxies",
+                    format!(
+                        "listener {} ({}) has proxy_protocol = true but no trusted_proxies",
+                        i + 1,
+                        l.address
+                    ),
+                ));
+            }
+        }
+        let lim = &self.limits;
+        if lim.max_line_length < 512 {
+            return Err(invalid(
+                "max_line_length",
+                "must be at least 512 (RFC 5321 §4.5.3.1.4)".into(),
+            ));
+        }
+        if lim.max_recipients < 1 {
+            return Err(invalid("max_recipients", "must be at least 1".into()));
+        }
+        if lim.max_message_size.0 < 1024 {
+            return Err(invalid("max_message_size", "must be at least 1KiB".into()));
+        }
+        if lim.max_connections < 1 || lim.max_connections_per_ip < 1 {
+            return Err(invalid("max_connections", "must be at least 1".into()));
+        }
+        for (name, d) in [
+            ("command_timeout", lim.command_timeout),
+            ("data_timeout", lim.data_timeout),
+            ("tls_handshake_timeout", lim.tls_handshake_timeout),
+            ("proxy_header_timeout", lim.proxy_header_timeout),
+            ("max_session_duration", lim.max_session_duration),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(name, "must be more than zero".into()));
+            }
+        }
+        if self.spool.max_batch < 1 {
+            return Err(invalid("max_batch", "must be at least 1".into()));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("level", format!("bad log filter: {e}")))?;
+        Ok(())
+    }
+
+    /// The session limits for the SMTP core.
+    pub fn session_config(&self, starttls_available: bool) -> crate::smtp::SessionConfig {
+        crate::smtp::SessionConfig {
+            hostname: self.hostname.clone(),
+            max_line_length: self.limits.max_line_length,
+            max_recipients: self.limits.max_recipients,
+            max_message_size: self.limits.max_message_size.0,
+            max_bad_commands: self.limits.max_bad_commands,
+            max_session_bytes: self.limits.max_session_bytes.0,
+            starttls_available,
+        }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// The line where `key` is set (the last segment of a dotted field), or 0.
+fn find_line(text: &str, key: &str) -> usize {
+    let key = key.rsplit('.').next().unwrap_or(key);
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('=') || key == "listener")
+                || (key == "listener" && l.starts_with("[[listener]]"))
+        })
+        .map_or(0, |i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_and_empty_are_the_same_gateway() {
+        let a = Config::embedded();
+        let b = Config::parse("", "empty.toml").unwrap();
+        assert_eq!(a.listeners.len(), 2);
+        assert_eq!(b.listeners.len(), 2);
+        assert_eq!(a.listeners[1].address, b.listeners[1].address);
+        assert!(b.listeners[1].implicit_tls);
+        assert_eq!(a.limits.max_message_size, b.limits.max_message_size);
+        assert_eq!(a.limits.command_timeout, b.limits.command_timeout);
+        assert_eq!(a.local_domains, ["localhost"]);
+    }
+
+    #[test]
+    fn unknown_field_names_line() {
+        let e = Config::parse("hostname = \"mx.example\"\n\n[limits]\nmax_mesage_size = 5\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("x.toml: line 4, column 1:"), "{e}");
+        assert!(e.contains("max_mesage_size"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_named() {
+        let e = Config::parse("[limits]\nmax_message_size = \"12 parsecs\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("parsecs"), "{e}");
+        let e = Config::parse("[limits]\ncommand_timeout = \"soon\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("soon"), "{e}");
+        let e = Config::parse("\n[limits]\nmax_line_length = 100\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "x.toml: line 3: max_line_length: must be at least 512 (RFC 5321 §4.5.3.1.4)"
+        );
+        let e = Config::parse("[[listener]]\naddress = \"127.0.0.1:25\"\nproxy_protocol = true\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trusted_proxies"), "{e}");
+        let e = Config::parse("relay_networks = [\"10.0.0.0/33\"]\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ByteSize::parse("50MiB"), Ok(ByteSize(50 << 20)));
+        assert_eq!(ByteSize::parse("10MB"), Ok(ByteSize(10_000_000)));
+        assert_eq!(ByteSize::parse("1024"), Ok(ByteSize(1024)));
+        assert_eq!(ByteSize::parse("1k"), Ok(ByteSize(1000)));
+        assert!(ByteSize::parse("MiB").is_err());
+        assert!(ByteSize::parse("99999999999GiB").is_err());
+    }
+}

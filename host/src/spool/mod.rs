@@ -1,1 +1,80 @@
+//! The durable spool.
+//!
+//! A message is two files in `DATA_DIR/spool/queue/`: `ID.eml` (the
+//! message as received, with our `Received:` header first) and `ID.json`
+//! (the [`Envelope`]). Both are written under `tmp/`, made durable, renamed
+//! into `queue/` — the envelope last, so it is the commit mark — and the
+//! `queue/` directory is fsync'd before [`Spool::store`] returns. A crash
+//! at any instant leaves both files or neither in effect: [`FsSpool::open`]
+//! deletes whatever an interrupted write left behind.
+//!
+//! With group commit on, concurrent stores share one filesystem sync and
+//! one directory sync (see [`FsSpool`]).
 
+mod envelope;
+mod fs;
+
+pub use envelope::{ClientInfo, ENVELOPE_VERSION, Envelope, TlsInfo};
+pub use fs::{FsSpool, Recovery};
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// Spool errors.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A file operation failed.
+    #[error("spool I/O error on {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An envelope could not be encoded or decoded.
+    #[error("spool envelope {path}: {source}")]
+    Envelope {
+        /// The file.
+        path: String,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+    /// Another gateway already runs on this data folder.
+    #[error("{0} is locked by another running sluice")]
+    Locked(String),
+    /// The committer thread is gone (only at shutdown).
+    #[error("the spool is shutting down")]
+    Closed,
+}
+
+/// A message to store: its envelope, the trace header we prepend, and the
+/// body as received.
+#[derive(Debug)]
+pub struct NewMessage {
+    /// The envelope; its `size` and `trace_len` are filled by the spool.
+    pub envelope: Envelope,
+    /// The `Received:` header, CRLF-terminated.
+    pub trace: Vec<u8>,
+    /// The message.
+    pub body: Vec<u8>,
+}
+
+/// A future returned by [`Spool`] methods.
+pub type SpoolFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SpoolError>> + Send + 'a>>;
+
+/// Durable message storage. Cost contract of `store`: when the future
+/// resolves `Ok`, the message and envelope survive a crash or power loss;
+/// it does blocking file work off the async workers.
+pub trait Spool: Send + Sync + std::fmt::Debug {
+    /// Store a new message durably.
+    fn store(&self, msg: NewMessage) -> SpoolFuture<'_, ()>;
+    /// The ids of the messages in the queue.
+    fn list(&self) -> Result<Vec<String>, SpoolError>;
+    /// Read a message's envelope and content.
+    fn read(&self, id: &str) -> Result<(Envelope, Vec<u8>), SpoolError>;
+}
+
+/// A new unique, time-ordered queue id (UUIDv7, 32 hex digits).
+pub fn new_queue_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string().to_ascii_uppercase()
+}
