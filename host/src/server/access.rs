@@ -1,0 +1,94 @@
+//! The built-in access rules the gateway applies at each stage before
+//! (and, once the policy layer lands, regardless of) any policy: no open
+//! relay.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::smtp::reply::std_replies;
+use crate::smtp::{Check, Verdict};
+
+/// The relay rule: local domains from anyone, other domains only from
+/// relay networks.
+#[derive(Debug, Clone)]
+pub struct AccessRules {
+    local_domains: Vec<String>,
+    relay_networks: Vec<IpNet>,
+}
+
+impl AccessRules {
+    /// From the configuration (domains already lower-cased).
+    pub fn new(local_domains: Vec<String>, relay_networks: Vec<IpNet>) -> Self {
+        Self {
+            local_domains,
+            relay_networks,
+        }
+    }
+
+    /// May `client` relay (send to non-local domains)?
+    pub fn may_relay(&self, client: IpAddr) -> bool {
+        let client = match client {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, IpAddr::V4),
+            v4 => v4,
+        };
+        self.relay_networks.iter().any(|n| n.contains(&client))
+    }
+
+    /// Is this domain ours?
+    pub fn is_local(&self, domain: &str) -> bool {
+        let d = domain.trim_end_matches('.').to_lowercase();
+        self.local_domains.iter().any(|l| *l == d)
+    }
+
+    /// The verdict for one stage.
+    pub fn check(&self, check: &Check, client: IpAddr) -> Verdict {
+        match check {
+            Check::Rcpt { to, .. } => {
+                // <postmaster> without a domain is always ours (RFC 5321
+                // §4.1.1.3); an address literal is never a local domain.
+                let local = match (&to.domain, to.domain_name()) {
+                    (None, _) => true,
+                    (Some(_), Some(name)) => self.is_local(&name),
+                    (Some(_), None) => false,
+                };
+                if local || self.may_relay(client) {
+                    Verdict::Accept
+                } else {
+                    Verdict::Reject(std_replies::relay_denied())
+                }
+            }
+            Check::Connect | Check::Helo { .. } | Check::MailFrom { .. } => Verdict::Accept,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::address::{ReversePath, parse_forward_path};
+
+    fn rcpt(a: &str) -> Check {
+        Check::Rcpt {
+            from: ReversePath::Null,
+            to: parse_forward_path(a).unwrap(),
+        }
+    }
+
+    #[test]
+    fn relay_rule() {
+        let r = AccessRules::new(
+            vec!["example.com".into()],
+            vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+        );
+        let outside: IpAddr = "203.0.113.9".parse().unwrap();
+        let inside: IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(r.check(&rcpt("<a@Example.COM>"), outside), Verdict::Accept);
+        assert_eq!(r.check(&rcpt("<postmaster>"), outside), Verdict::Accept);
+        assert!(matches!(r.check(&rcpt("<a@other.example>"), outside), Verdict::Reject(x) if x.code == 554));
+        assert!(matches!(r.check(&rcpt("<a@[127.0.0.1]>"), outside), Verdict::Reject(_)));
+        assert_eq!(r.check(&rcpt("<a@other.example>"), inside), Verdict::Accept);
+        assert_eq!(r.check(&rcpt("<a@other.example>"), mapped), Verdict::Accept);
+    }
+}

@@ -1,0 +1,371 @@
+//! The per-connection driver: runs one [`Session`] over a socket, doing
+//! the I/O, timeouts, TLS upgrades, policy checks and spool writes the
+//! session asks for.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::stream::Stream;
+use super::{Shared, proxy, refuse};
+use crate::config::ListenerConfig;
+use crate::smtp::reply::std_replies;
+use crate::smtp::{Action, Reply, ReversePath, Session, Transaction, Waiting};
+use crate::spool::{ClientInfo, ENVELOPE_VERSION, Envelope, NewMessage, TlsInfo, new_queue_id};
+
+/// Read buffer per connection.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Who is on the other end.
+#[derive(Debug, Clone)]
+struct Peer {
+    /// The client (the PROXY source when a trusted proxy named one).
+    client: SocketAddr,
+    /// The proxy's own address, when there was one.
+    proxy: Option<SocketAddr>,
+    /// Our side of the connection.
+    local: SocketAddr,
+    tls: Option<TlsInfo>,
+}
+
+fn tls_info(s: &tokio_rustls::server::TlsStream<TcpStream>, implicit: bool) -> TlsInfo {
+    let (_, conn) = s.get_ref();
+    TlsInfo {
+        version: conn
+            .protocol_version()
+            .map_or_else(|| "unknown".into(), |v| format!("{v:?}")),
+        cipher: conn
+            .negotiated_cipher_suite()
+            .map_or_else(|| "unknown".into(), |c| format!("{:?}", c.suite())),
+        implicit,
+    }
+}
+
+/// Serve one accepted connection to its end.
+pub(super) async fn handle(
+    tcp: TcpStream,
+    peer_addr: SocketAddr,
+    cfg: Arc<ListenerConfig>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let limits = &shared.config.limits;
+    let local = tcp.local_addr().unwrap_or(cfg.address);
+    let mut tcp = tcp;
+    let mut peer = Peer {
+        client: peer_addr,
+        proxy: None,
+        local,
+        tls: None,
+    };
+    let mut early = Vec::new();
+    // PROXY protocol: only a trusted proxy's header is read and believed;
+    // anyone else talks SMTP directly and is seen as who they are.
+    if cfg.proxy_protocol
+        && cfg
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&peer_addr.ip()))
+    {
+        match proxy::read_header(&mut tcp, limits.proxy_header_timeout).await {
+            Ok(h) => {
+                if let Some(src) = h.source {
+                    peer.client = src;
+                    peer.proxy = Some(peer_addr);
+                }
+                early = h.rest;
+            }
+            Err(e) => {
+                tracing::warn!(proxy = %peer_addr, error = %e, "bad PROXY header, closing");
+                return;
+            }
+        }
+    }
+    let Some(_slot) = shared.per_ip.try_acquire(peer.client.ip()) else {
+        tracing::warn!(client = %peer.client, "per-address connection limit reached");
+        refuse(tcp, std_replies::too_many_from_ip()).await;
+        return;
+    };
+    let stream = if cfg.implicit_tls {
+        match tokio::time::timeout(limits.tls_handshake_timeout, shared.tls.accept(tcp)).await {
+            Ok(Ok(s)) => {
+                peer.tls = Some(tls_info(&s, true));
+                Stream::Tls(Box::new(s))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(client = %peer.client, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client = %peer.client, "TLS handshake timed out");
+                return;
+            }
+        }
+    } else {
+        Stream::Plain(tcp)
+    };
+    tracing::debug!(client = %peer.client, listener = %local, "connected");
+    let mut d = Driver {
+        shared: shared.clone(),
+        peer,
+        session: Session::new(
+            shared.config.session_config(!cfg.implicit_tls),
+            cfg.implicit_tls,
+        ),
+        wbuf: Vec::with_capacity(512),
+        last_id: None,
+    };
+    if !early.is_empty() {
+        d.session.feed(&early);
+    }
+    if let Err(e) = d.run(stream, shutdown).await {
+        tracing::debug!(client = %d.peer.client, error = %e, "connection ended");
+    }
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    peer: Peer,
+    session: Session,
+    wbuf: Vec<u8>,
+    last_id: Option<String>,
+}
+
+impl Driver {
+    async fn flush(&mut self, stream: &mut Stream) -> std::io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let t = self.shared.config.limits.command_timeout;
+        tokio::time::timeout(t, async {
+            stream.write_all(&self.wbuf).await?;
+            stream.flush().await
+        })
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))??;
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    async fn run(
+        &mut self,
+        mut stream: Stream,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let limits = self.shared.config.limits.clone();
+        let deadline = Instant::now() + limits.max_session_duration;
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut told_shutdown = false;
+        loop {
+            match self.session.next_action() {
+                Action::Send(r) => r.write_to(&mut self.wbuf),
+                Action::Check(c) => {
+                    let v = self.shared.access.check(&c, self.peer.client.ip());
+                    self.session.answer(v);
+                }
+                Action::Store(t) => {
+                    let r = self.store(*t).await;
+                    self.session.stored(r);
+                }
+                Action::Done(o) => {
+                    let recipients: Vec<String> = o.recipients.iter().map(|r| r.to_string()).collect();
+                    tracing::info!(
+                        queue_id = self.last_id.take(),
+                        client = %self.peer.client.ip(),
+                        sender = %display_sender(&o.from),
+                        recipients = %recipients.join(","),
+                        size = o.size,
+                        result = %o.reply.summary(),
+                        "transaction"
+                    );
+                }
+                Action::StartTls => {
+                    self.flush(&mut stream).await?;
+                    let Stream::Plain(tcp) = stream else {
+                        return Err(std::io::Error::other("STARTTLS on a TLS stream"));
+                    };
+                    let tls = tokio::time::timeout(
+                        limits.tls_handshake_timeout,
+                        self.shared.tls.accept(tcp),
+                    )
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })??;
+                    self.peer.tls = Some(tls_info(&tls, false));
+                    stream = Stream::Tls(Box::new(tls));
+                    self.session.tls_started();
+                }
+                Action::NeedInput => {
+                    self.flush(&mut stream).await?;
+                    let now = Instant::now();
+                    if now >= deadline {
+                        self.session.abort(std_replies::session_too_long());
+                        continue;
+                    }
+                    let wait = match self.session.waiting_for() {
+                        Waiting::Command => limits.command_timeout,
+                        Waiting::Data => limits.data_timeout,
+                    }
+                    .min(deadline - now);
+                    tokio::select! {
+                        r = tokio::time::timeout(wait, stream.read(&mut buf)) => match r {
+                            Ok(Ok(0)) => self.session.eof(),
+                            Ok(Ok(n)) => self.session.feed(&buf[..n]),
+                            Ok(Err(e)) => return Err(e),
+                            Err(_) if Instant::now() >= deadline => {
+                                self.session.abort(std_replies::session_too_long())
+                            }
+                            Err(_) => self.session.timeout(),
+                        },
+                        _ = shutdown.wait_for(|s| *s), if !told_shutdown => {
+                            told_shutdown = true;
+                            self.session.shutdown();
+                        }
+                    }
+                }
+                Action::Close => {
+                    self.flush(&mut stream).await?;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), stream.shutdown()).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn store(&mut self, t: Transaction) -> Result<String, Reply> {
+        let id = new_queue_id();
+        let now = chrono::Utc::now();
+        let trace = received_header(&self.shared.config.hostname, &self.peer, &t, &id, now);
+        let envelope = Envelope {
+            version: ENVELOPE_VERSION,
+            id: id.clone(),
+            received_at: now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            sender: display_sender(&t.from),
+            recipients: t.recipients.iter().map(|r| r.to_string()).collect(),
+            params: t.params.clone(),
+            chunked: t.chunked,
+            client: ClientInfo {
+                ip: self.peer.client.ip().to_string(),
+                port: self.peer.client.port(),
+                listener: self.peer.local.to_string(),
+                helo: t.helo.clone(),
+                esmtp: t.esmtp,
+                tls: self.peer.tls.clone(),
+                proxy: self.peer.proxy.map(|p| p.to_string()),
+            },
+            size: 0,
+            trace_len: 0,
+        };
+        let msg = NewMessage {
+            envelope,
+            trace,
+            body: t.body,
+        };
+        match self.shared.spool.store(msg).await {
+            Ok(()) => {
+                self.last_id = Some(id.clone());
+                Ok(id)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, client = %self.peer.client, "cannot spool message");
+                Err(std_replies::local_error())
+            }
+        }
+    }
+}
+
+fn display_sender(from: &ReversePath) -> String {
+    from.to_string()
+}
+
+/// Our `Received:` trace header (RFC 5321 §4.4), folded, CRLF-terminated.
+fn received_header(
+    hostname: &str,
+    peer: &Peer,
+    t: &Transaction,
+    id: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<u8> {
+    let ip = match peer.client.ip() {
+        std::net::IpAddr::V4(a) => a.to_string(),
+        std::net::IpAddr::V6(a) => format!("IPv6:{a}"),
+    };
+    // RFC 3848 / RFC 6531 protocol names.
+    let mut proto = String::new();
+    if t.params.smtputf8 {
+        proto.push_str("UTF8");
+    }
+    proto.push_str(if t.esmtp { "ESMTP" } else { "SMTP" });
+    if peer.tls.is_some() {
+        proto.push('S');
+    }
+    if t.params.smtputf8 && !t.esmtp {
+        proto = "UTF8SMTP".into();
+    }
+    let tls = peer
+        .tls
+        .as_ref()
+        .map(|i| format!(" ({} {})", i.version, i.cipher))
+        .unwrap_or_default();
+    let rcpt = match t.recipients.as_slice() {
+        [one] => format!("\r\n\tfor <{one}>"),
+        _ => String::new(),
+    };
+    format!(
+        "Received: from {} ([{}])\r\n\tby {} (Sluice) with {}{} id {}{};\r\n\t{}\r\n",
+        t.helo,
+        ip,
+        hostname,
+        proto,
+        tls,
+        id,
+        rcpt,
+        now.to_rfc2822()
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::address::{parse_forward_path, parse_reverse_path};
+    use crate::smtp::command::MailParams;
+
+    #[test]
+    fn received_header_shape() {
+        let peer = Peer {
+            client: "192.0.2.7:4000".parse().unwrap(),
+            proxy: None,
+            local: "127.0.0.1:25".parse().unwrap(),
+            tls: Some(TlsInfo {
+                version: "TLSv1_3".into(),
+                cipher: "TLS13_AES_128_GCM_SHA256".into(),
+                implicit: false,
+            }),
+        };
+        let t = Transaction {
+            helo: "client.example".into(),
+            esmtp: true,
+            tls: true,
+            from: parse_reverse_path("<a@example.com>").unwrap(),
+            params: MailParams::default(),
+            recipients: vec![parse_forward_path("<b@example.org>").unwrap()],
+            body: Vec::new(),
+            chunked: false,
+        };
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let h = String::from_utf8(received_header("mx.example", &peer, &t, "ID1", now)).unwrap();
+        assert_eq!(
+            h,
+            "Received: from client.example ([192.0.2.7])\r\n\tby mx.example (Sluice) with ESMTPS (TLSv1_3 TLS13_AES_128_GCM_SHA256) id ID1\r\n\tfor <b@example.org>;\r\n\tSun, 29 Nov 2026 10:00:00 +0000\r\n"
+        );
+    }
+}
