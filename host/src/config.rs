@@ -235,9 +235,9 @@ impl ByteSize {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}: expected a number and a unit like \"50MiB\""))?;
+        let n: u64 = num.parse().map_err(|_| {
+            format!("invalid size {s:?}: expected a number and a unit like \"50MiB\"")
+        })?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1_000,
@@ -318,7 +318,8 @@ fn default_listeners() -> Vec<ListenerConfig> {
 impl Config {
     /// The embedded default.
     pub fn embedded() -> Self {
-        Self::parse(DEFAULT_TOML, "<embedded default>").expect("the embedded default config is valid")
+        Self::parse(DEFAULT_TOML, "<embedded default>")
+            .expect("the embedded default config is valid")
     }
 
     /// Read and check a file.
@@ -334,10 +335,7 @@ impl Config {
     /// Parse and check TOML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((0, 0));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
             ConfigError::Parse {
                 file: file.to_string(),
                 line,
@@ -361,9 +359,7 @@ impl Config {
             field: field.to_string(),
             message,
         };
-        if self.hostname.is_empty()
-            || crate::smtp::address::parse_domain(&self.hostname).is_err()
-        {
+        if self.hostname.is_empty() || crate::smtp::address::parse_domain(&self.hostname).is_err() {
             return Err(invalid(
                 "hostname",
                 format!("{:?} is not a valid host name", self.hostname),
@@ -371,11 +367,17 @@ impl Config {
         }
         for d in &self.local_domains {
             if crate::smtp::address::parse_domain(d).is_err() {
-                return Err(invalid("local_domains", format!("{d:?} is not a valid domain")));
+                return Err(invalid(
+                    "local_domains",
+                    format!("{d:?} is not a valid domain"),
+                ));
             }
         }
         if self.listeners.is_empty() {
-            return Err(invalid("listener", "at least one [[listener]] is needed".into()));
+            return Err(invalid(
+                "listener",
+                "at least one [[listener]] is needed".into(),
+            ));
         }
         for (i, l) in self.listeners.iter().enumerate() {
             if l.proxy_protocol && l.trusted_proxies.is_empty() {
@@ -477,9 +479,12 @@ mod tests {
 
     #[test]
     fn unknown_field_names_line() {
-        let e = Config::parse("hostname = \"mx.example\"\n\n[limits]\nmax_mesage_size = 5\n", "x.toml")
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse(
+            "hostname = \"mx.example\"\n\n[limits]\nmax_mesage_size = 5\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("x.toml: line 4, column 1:"), "{e}");
         assert!(e.contains("max_mesage_size"), "{e}");
     }
@@ -501,9 +506,12 @@ mod tests {
             e,
             "x.toml: line 3: max_line_length: must be at least 512 (RFC 5321 §4.5.3.1.4)"
         );
-        let e = Config::parse("[[listener]]\naddress = \"127.0.0.1:25\"\nproxy_protocol = true\n", "x.toml")
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse(
+            "[[listener]]\naddress = \"127.0.0.1:25\"\nproxy_protocol = true\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("trusted_proxies"), "{e}");
         let e = Config::parse("relay_networks = [\"10.0.0.0/33\"]\n", "x.toml")
             .unwrap_err()

@@ -66,7 +66,10 @@ fn serve(config: Option<PathBuf>, log_format: Option<LogFormat>) -> anyhow::Resu
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let signal = wait_for_signal().await;
-            tracing::info!(signal, "shutting down: no new connections, finishing messages in flight");
+            tracing::info!(
+                signal,
+                "shutting down: no new connections, finishing messages in flight"
+            );
             let _ = tx.send(true);
         });
         server.run(rx).await;

@@ -38,7 +38,7 @@ impl AccessRules {
     /// Is this domain ours?
     pub fn is_local(&self, domain: &str) -> bool {
         let d = domain.trim_end_matches('.').to_lowercase();
-        self.local_domains.iter().any(|l| *l == d)
+        self.local_domains.contains(&d)
     }
 
     /// The verdict for one stage.
@@ -86,8 +86,13 @@ mod tests {
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         assert_eq!(r.check(&rcpt("<a@Example.COM>"), outside), Verdict::Accept);
         assert_eq!(r.check(&rcpt("<postmaster>"), outside), Verdict::Accept);
-        assert!(matches!(r.check(&rcpt("<a@other.example>"), outside), Verdict::Reject(x) if x.code == 554));
-        assert!(matches!(r.check(&rcpt("<a@[127.0.0.1]>"), outside), Verdict::Reject(_)));
+        assert!(
+            matches!(r.check(&rcpt("<a@other.example>"), outside), Verdict::Reject(x) if x.code == 554)
+        );
+        assert!(matches!(
+            r.check(&rcpt("<a@[127.0.0.1]>"), outside),
+            Verdict::Reject(_)
+        ));
         assert_eq!(r.check(&rcpt("<a@other.example>"), inside), Verdict::Accept);
         assert_eq!(r.check(&rcpt("<a@other.example>"), mapped), Verdict::Accept);
     }

@@ -173,7 +173,8 @@ impl Driver {
                     self.session.stored(r);
                 }
                 Action::Done(o) => {
-                    let recipients: Vec<String> = o.recipients.iter().map(|r| r.to_string()).collect();
+                    let recipients: Vec<String> =
+                        o.recipients.iter().map(|r| r.to_string()).collect();
                     tracing::info!(
                         queue_id = self.last_id.take(),
                         client = %self.peer.client.ip(),

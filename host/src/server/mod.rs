@@ -90,12 +90,13 @@ impl Server {
         }
         let mut listeners = Vec::new();
         for l in &config.listeners {
-            let socket = TcpListener::bind(l.address)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    address: l.address,
-                    source,
-                })?;
+            let socket =
+                TcpListener::bind(l.address)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        address: l.address,
+                        source,
+                    })?;
             listeners.push((socket, l.clone()));
         }
         let shared = Arc::new(Shared {

@@ -82,8 +82,12 @@ pub fn parse(buf: &[u8]) -> Result<Option<ProxyHeader>, ProxyError> {
         HeaderResult::V2(Ok(h)) => {
             let source = match (h.command, h.addresses) {
                 (v2::Command::Local, _) => None,
-                (_, v2::Addresses::IPv4(a)) => Some(SocketAddr::from((a.source_address, a.source_port))),
-                (_, v2::Addresses::IPv6(a)) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                (_, v2::Addresses::IPv4(a)) => {
+                    Some(SocketAddr::from((a.source_address, a.source_port)))
+                }
+                (_, v2::Addresses::IPv6(a)) => {
+                    Some(SocketAddr::from((a.source_address, a.source_port)))
+                }
                 _ => None,
             };
             (source, h.len())

@@ -64,8 +64,7 @@ pub struct Mailbox {
 impl Mailbox {
     /// True when either side holds non-ASCII octets (needs SMTPUTF8).
     pub fn is_utf8(&self) -> bool {
-        !self.local.is_ascii()
-            || matches!(&self.domain, Some(Domain::Name(n)) if !n.is_ascii())
+        !self.local.is_ascii() || matches!(&self.domain, Some(Domain::Name(n)) if !n.is_ascii())
     }
 
     /// The domain as a lower-case name, when it is a name.

@@ -166,7 +166,9 @@ fn split_path<'a>(rest: &'a str, prefix: &str) -> Result<(&'a str, &'a str), Rep
     // every widespread MTA does, but nowhere else.
     let arg = rest[prefix.len()..].trim_start_matches(' ');
     if !arg.starts_with('<') {
-        return Err(std_replies::bad_address("path must be enclosed in angle brackets"));
+        return Err(std_replies::bad_address(
+            "path must be enclosed in angle brackets",
+        ));
     }
     let b = arg.as_bytes();
     let mut in_quote = false;

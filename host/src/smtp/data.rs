@@ -288,15 +288,30 @@ mod tests {
             (b"a\n.\r\nb\r\n.\r\n", b"a\n.\r\nb\r\n", true, bl),
             (b"a\r\n.\nb\r\n.\r\n", b"a\r\n.\nb\r\n", true, bl),
             (b"a\r.\rb\r\n.\r\n", b"a\r.\rb\r\n", true, bl),
-            (b"a\r\n\x00.\r\nb\r\n.\r\n", b"a\r\n\x00.\r\nb\r\n", true, Some(Defect::Nul)),
+            (
+                b"a\r\n\x00.\r\nb\r\n.\r\n",
+                b"a\r\n\x00.\r\nb\r\n",
+                true,
+                Some(Defect::Nul),
+            ),
             (b"a\r\n.\r.\r\n", b"a\r\n.\r.\r\n", false, bl),
             (b"a\r\r\n.\r\n", b"a\r\r\n", true, bl),
             (b"a\nb\r\n.\r\n", b"a\nb\r\n", true, bl),
         ];
         for (input, body, ended, defect) in cases {
             let (got_body, consumed, got_ended, got_defect) = read(input);
-            assert_eq!(got_ended, *ended, "ended {:?}", String::from_utf8_lossy(input));
-            assert_eq!(got_defect, *defect, "defect {:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                got_ended,
+                *ended,
+                "ended {:?}",
+                String::from_utf8_lossy(input)
+            );
+            assert_eq!(
+                got_defect,
+                *defect,
+                "defect {:?}",
+                String::from_utf8_lossy(input)
+            );
             if *ended {
                 assert_eq!(consumed, input.len());
                 assert_eq!(

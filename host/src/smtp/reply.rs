@@ -166,11 +166,19 @@ pub mod std_replies {
     }
     /// 421 service shutting down
     pub fn shutting_down() -> Reply {
-        Reply::new(421, Enhanced(4, 3, 0), "Service shutting down, try again later")
+        Reply::new(
+            421,
+            Enhanced(4, 3, 0),
+            "Service shutting down, try again later",
+        )
     }
     /// 421 too many connections
     pub fn too_many_connections() -> Reply {
-        Reply::new(421, Enhanced(4, 3, 2), "Too many connections, try again later")
+        Reply::new(
+            421,
+            Enhanced(4, 3, 2),
+            "Too many connections, try again later",
+        )
     }
     /// 421 too many connections from one address
     pub fn too_many_from_ip() -> Reply {
@@ -186,15 +194,27 @@ pub mod std_replies {
     }
     /// 421 session lasted too long
     pub fn session_too_long() -> Reply {
-        Reply::new(421, Enhanced(4, 4, 2), "Session time limit reached, closing")
+        Reply::new(
+            421,
+            Enhanced(4, 4, 2),
+            "Session time limit reached, closing",
+        )
     }
     /// 421 session sent too many bytes
     pub fn session_too_big() -> Reply {
-        Reply::new(421, Enhanced(4, 7, 0), "Session byte limit reached, closing")
+        Reply::new(
+            421,
+            Enhanced(4, 7, 0),
+            "Session byte limit reached, closing",
+        )
     }
     /// 421 too many bad commands
     pub fn too_many_errors() -> Reply {
-        Reply::new(421, Enhanced(4, 7, 0), "Too many errors, closing connection")
+        Reply::new(
+            421,
+            Enhanced(4, 7, 0),
+            "Too many errors, closing connection",
+        )
     }
     /// 451 local error (the spool could not take the message)
     pub fn local_error() -> Reply {
@@ -230,7 +250,11 @@ pub mod std_replies {
     }
     /// 501 bad address syntax
     pub fn bad_address(text: &str) -> Reply {
-        Reply::new(501, Enhanced(5, 1, 3), format!("Bad address syntax: {text}"))
+        Reply::new(
+            501,
+            Enhanced(5, 1, 3),
+            format!("Bad address syntax: {text}"),
+        )
     }
     /// 502 command not implemented
     pub fn not_implemented() -> Reply {

@@ -150,9 +150,17 @@ pub enum Waiting {
 #[derive(Debug)]
 enum Pending {
     Connect,
-    Helo { name: String, esmtp: bool },
-    Mail { from: ReversePath, params: MailParams },
-    Rcpt { to: Mailbox },
+    Helo {
+        name: String,
+        esmtp: bool,
+    },
+    Mail {
+        from: ReversePath,
+        params: MailParams,
+    },
+    Rcpt {
+        to: Mailbox,
+    },
 }
 
 #[derive(Debug)]
@@ -161,7 +169,11 @@ enum Phase {
     Awaiting(Pending),
     Command,
     Data(Box<DataReader>),
-    Bdat { remaining: u64, last: bool, refuse: Option<Reply> },
+    Bdat {
+        remaining: u64,
+        last: bool,
+        refuse: Option<Reply>,
+    },
     Storing,
     Tls,
     Closed,
@@ -305,10 +317,10 @@ impl Session {
                 self.send(std_replies::sender_ok());
             }
             (Pending::Rcpt { to }, Verdict::Accept) => {
-                if let Some(tx) = &mut self.tx {
-                    if !tx.recipients.contains(&to) {
-                        tx.recipients.push(to);
-                    }
+                if let Some(tx) = &mut self.tx
+                    && !tx.recipients.contains(&to)
+                {
+                    tx.recipients.push(to);
                 }
                 self.send(std_replies::recipient_ok());
             }
@@ -407,11 +419,12 @@ impl Session {
                     debug_assert!(false, "next_action() while awaiting the driver");
                     return Action::NeedInput;
                 }
+                Phase::Command | Phase::Data(_) | Phase::Bdat { .. }
+                    if self.bytes_in > self.cfg.max_session_bytes =>
+                {
+                    self.abort_keep(std_replies::session_too_big());
+                }
                 Phase::Command => {
-                    if self.bytes_in > self.cfg.max_session_bytes {
-                        self.abort_keep(std_replies::session_too_big());
-                        continue;
-                    }
                     if self.shutdown && !self.in_data() {
                         self.abort_keep(std_replies::shutting_down());
                         continue;
@@ -440,16 +453,15 @@ impl Session {
                     refuse,
                 } => {
                     let n = (*remaining).min(self.inbuf.len() as u64) as usize;
-                    if refuse.is_none() {
-                        if let Some(tx) = &mut self.tx
-                            && let Some((body, checker)) = &mut tx.chunks
-                        {
-                            checker.feed(&self.inbuf[..n]);
-                            let room = self.cfg.max_message_size.saturating_sub(tx.size);
-                            let keep = (n as u64).min(room) as usize;
-                            body.extend_from_slice(&self.inbuf[..keep]);
-                            tx.size += n as u64;
-                        }
+                    if refuse.is_none()
+                        && let Some(tx) = &mut self.tx
+                        && let Some((body, checker)) = &mut tx.chunks
+                    {
+                        checker.feed(&self.inbuf[..n]);
+                        let room = self.cfg.max_message_size.saturating_sub(tx.size);
+                        let keep = (n as u64).min(room) as usize;
+                        body.extend_from_slice(&self.inbuf[..keep]);
+                        tx.size += n as u64;
                     }
                     self.inbuf.drain(..n);
                     *remaining -= n as u64;
@@ -624,7 +636,10 @@ impl Session {
                 params: params.clone(),
             },
             Pending::Rcpt { to } => Check::Rcpt {
-                from: self.tx.as_ref().map_or(ReversePath::Null, |t| t.from.clone()),
+                from: self
+                    .tx
+                    .as_ref()
+                    .map_or(ReversePath::Null, |t| t.from.clone()),
                 to: to.clone(),
             },
         })

@@ -107,7 +107,9 @@ fn codes(out: &[u8]) -> Vec<String> {
             let mut parts = l.splitn(3, ' ');
             let code = parts.next().unwrap_or("");
             match parts.next() {
-                Some(e) if e.chars().next().is_some_and(|c| c.is_ascii_digit()) && e.contains('.') => {
+                Some(e)
+                    if e.chars().next().is_some_and(|c| c.is_ascii_digit()) && e.contains('.') =>
+                {
                     format!("{code} {e}")
                 }
                 _ => code.to_string(),
@@ -124,7 +126,15 @@ fn basic_transaction_pipelined() {
     let d = run(&SessionConfig::default(), input.as_bytes());
     assert_eq!(
         codes(&d.out),
-        ["220", "250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"]
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354",
+            "250 2.0.0",
+            "221 2.0.0"
+        ]
     );
     assert_eq!(d.stored.len(), 1);
     assert_eq!(d.stored[0].body, b"Subject: hi\r\n\r\nbody\r\n.dot\r\n");
@@ -158,8 +168,17 @@ fn sequence_errors() {
     assert_eq!(
         codes(&d.out),
         [
-            "220", "503 5.5.1", "250", "503 5.5.1", "503 5.5.1", "250 2.1.0", "503 5.5.1",
-            "554 5.5.1", "250 2.0.0", "503 5.5.1", "250 2.0.0"
+            "220",
+            "503 5.5.1",
+            "250",
+            "503 5.5.1",
+            "503 5.5.1",
+            "250 2.1.0",
+            "503 5.5.1",
+            "554 5.5.1",
+            "250 2.0.0",
+            "503 5.5.1",
+            "250 2.0.0"
         ]
     );
     assert!(d.stored.is_empty());
@@ -171,7 +190,14 @@ fn relay_denied_and_tempfail() {
     let d = run(&SessionConfig::default(), input);
     assert_eq!(
         codes(&d.out),
-        ["220", "250", "451 4.7.1", "250 2.1.0", "554 5.7.1", "554 5.5.1"]
+        [
+            "220",
+            "250",
+            "451 4.7.1",
+            "250 2.1.0",
+            "554 5.7.1",
+            "554 5.5.1"
+        ]
     );
 }
 
@@ -192,7 +218,15 @@ fn message_too_big_is_read_to_the_end() {
     let d = run(&cfg, input.as_bytes());
     assert_eq!(
         codes(&d.out),
-        ["220", "250", "250 2.1.0", "250 2.1.5", "354", "552 5.3.4", "250 2.0.0"]
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354",
+            "552 5.3.4",
+            "250 2.0.0"
+        ]
     );
     assert!(d.stored.is_empty());
 }
@@ -207,13 +241,21 @@ fn recipient_limit() {
     let d = run(&cfg, input);
     assert_eq!(
         codes(&d.out),
-        ["220", "250", "250 2.1.0", "250 2.1.5", "250 2.1.5", "452 4.5.3"]
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.1.5",
+            "452 4.5.3"
+        ]
     );
 }
 
 #[test]
 fn smuggling_variants_never_yield_a_second_message() {
-    let smuggled = "MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\nsmuggled\r\n";
+    let smuggled =
+        "MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\nsmuggled\r\n";
     for sep in ["\n.\n", "\n.\r\n", "\r\n.\n", "\r.\r", "\r\n\x00.\r\n"] {
         let input = format!("{HEAD}DATA\r\nfirst{sep}{smuggled}.\r\nNOOP\r\n");
         let d = run(&SessionConfig::default(), input.as_bytes());
@@ -262,8 +304,14 @@ fn line_limit_is_exact() {
     let ok = format!("NOOP {}\r\n", "x".repeat(505));
     let bad = format!("NOOP {}\r\n", "x".repeat(506));
     assert_eq!(ok.len(), 512);
-    let d = run(&SessionConfig::default(), format!("{ok}{bad}NOOP\r\n").as_bytes());
-    assert_eq!(codes(&d.out), ["220", "250 2.0.0", "500 5.5.2", "250 2.0.0"]);
+    let d = run(
+        &SessionConfig::default(),
+        format!("{ok}{bad}NOOP\r\n").as_bytes(),
+    );
+    assert_eq!(
+        codes(&d.out),
+        ["220", "250 2.0.0", "500 5.5.2", "250 2.0.0"]
+    );
 }
 
 #[test]
@@ -275,7 +323,14 @@ fn too_many_bad_commands_closes() {
     let d = run(&cfg, b"X\r\nX\r\nX\r\nX\r\nNOOP\r\n");
     assert_eq!(
         codes(&d.out),
-        ["220", "500 5.5.1", "500 5.5.1", "500 5.5.1", "500 5.5.1", "421 4.7.0"]
+        [
+            "220",
+            "500 5.5.1",
+            "500 5.5.1",
+            "500 5.5.1",
+            "500 5.5.1",
+            "421 4.7.0"
+        ]
     );
     assert!(d.closed);
 }
@@ -286,7 +341,15 @@ fn unknown_parameters_and_smtputf8() {
     let d = run(&SessionConfig::default(), input.as_bytes());
     assert_eq!(
         codes(&d.out),
-        ["220", "250", "555 5.5.4", "553 5.6.7", "250 2.1.0", "555 5.5.4", "250 2.1.5"]
+        [
+            "220",
+            "250",
+            "555 5.5.4",
+            "553 5.6.7",
+            "250 2.1.0",
+            "555 5.5.4",
+            "250 2.1.5"
+        ]
     );
     let input = "EHLO x.example\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<ö@example.com>\r\n";
     let d = run(&SessionConfig::default(), input.as_bytes());
@@ -299,7 +362,16 @@ fn bdat_in_chunks() {
     let d = run(&SessionConfig::default(), input.as_bytes());
     assert_eq!(
         codes(&d.out),
-        ["220", "250", "250 2.1.0", "250 2.1.5", "250 2.0.0", "250 2.0.0", "250 2.0.0", "221 2.0.0"]
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.0.0",
+            "250 2.0.0",
+            "250 2.0.0",
+            "221 2.0.0"
+        ]
     );
     assert_eq!(d.stored.len(), 1);
     assert_eq!(d.stored[0].body, b"Hello, world\r\n");
@@ -348,11 +420,20 @@ fn bdat_too_big() {
 #[test]
 fn starttls_discards_pipelined_plaintext() {
     let input = b"EHLO x.example\r\nSTARTTLS\r\nMAIL FROM:<injected@example.com>\r\n";
-    let d = run_chunks(&SessionConfig::default(), false, &[input, b"EHLO again.example\r\nMAIL FROM:<a@example.com>\r\n"]);
+    let d = run_chunks(
+        &SessionConfig::default(),
+        false,
+        &[
+            input,
+            b"EHLO again.example\r\nMAIL FROM:<a@example.com>\r\n",
+        ],
+    );
     let text = String::from_utf8_lossy(&d.out);
     assert_eq!(d.tls_handshakes, 1);
     assert!(text.contains("220 2.0.0 Ready to start TLS\r\n<TLS>"));
-    assert!(!d.checks.iter().any(|c| matches!(c, Check::MailFrom { from, .. } if from.to_string().starts_with("injected"))));
+    assert!(!d.checks.iter().any(
+        |c| matches!(c, Check::MailFrom { from, .. } if from.to_string().starts_with("injected"))
+    ));
     assert_eq!(codes(&d.out)[3..], ["250", "250 2.1.0"]);
 }
 
@@ -361,7 +442,10 @@ fn starttls_state_reset_and_no_second_starttls() {
     let d = run_chunks(
         &SessionConfig::default(),
         false,
-        &[b"EHLO x.example\r\nSTARTTLS\r\n", b"MAIL FROM:<a@example.com>\r\nEHLO x.example\r\nSTARTTLS\r\n"],
+        &[
+            b"EHLO x.example\r\nSTARTTLS\r\n",
+            b"MAIL FROM:<a@example.com>\r\nEHLO x.example\r\nSTARTTLS\r\n",
+        ],
     );
     let c = codes(&d.out);
     assert_eq!(c[3], "503 5.5.1", "MAIL before a fresh EHLO after TLS");
@@ -420,16 +504,33 @@ fn session_byte_limit() {
         max_session_bytes: 20,
         ..SessionConfig::default()
     };
-    let d = run_chunks(&cfg, false, &[b"NOOP\r\nNOOP\r\n", b"NOOP\r\nNOOP\r\nNOOP\r\n"]);
-    assert_eq!(codes(&d.out), ["220", "250 2.0.0", "250 2.0.0", "421 4.7.0"]);
+    let d = run_chunks(
+        &cfg,
+        false,
+        &[b"NOOP\r\nNOOP\r\n", b"NOOP\r\nNOOP\r\nNOOP\r\n"],
+    );
+    assert_eq!(
+        codes(&d.out),
+        ["220", "250 2.0.0", "250 2.0.0", "421 4.7.0"]
+    );
 }
 
 #[test]
 fn vrfy_help_noop_rset() {
-    let d = run(&SessionConfig::default(), b"VRFY bob\r\nHELP\r\nNOOP\r\nRSET\r\nEXPN list\r\n");
+    let d = run(
+        &SessionConfig::default(),
+        b"VRFY bob\r\nHELP\r\nNOOP\r\nRSET\r\nEXPN list\r\n",
+    );
     assert_eq!(
         codes(&d.out),
-        ["220", "252 2.5.2", "214 2.0.0", "250 2.0.0", "250 2.0.0", "502 5.5.1"]
+        [
+            "220",
+            "252 2.5.2",
+            "214 2.0.0",
+            "250 2.0.0",
+            "250 2.0.0",
+            "502 5.5.1"
+        ]
     );
 }
 
@@ -439,7 +540,10 @@ fn helo_then_mail_works_and_lf_only_commands() {
         &SessionConfig::default(),
         b"HELO x.example\nMAIL FROM:<a@example.com>\nRCPT TO:<b@example.com>\nDATA\n",
     );
-    assert_eq!(codes(&d.out), ["220", "250", "250 2.1.0", "250 2.1.5", "354"]);
+    assert_eq!(
+        codes(&d.out),
+        ["220", "250", "250 2.1.0", "250 2.1.5", "354"]
+    );
 }
 
 #[test]
@@ -447,4 +551,69 @@ fn duplicate_recipients_are_merged() {
     let input = format!("{HEAD}RCPT TO:<r@example.com>\r\nDATA\r\nx\r\n.\r\n");
     let d = run(&SessionConfig::default(), input.as_bytes());
     assert_eq!(d.stored[0].recipients.len(), 1);
+}
+
+#[test]
+fn session_byte_limit_applies_inside_data() {
+    let cfg = SessionConfig {
+        max_session_bytes: 200,
+        ..SessionConfig::default()
+    };
+    let body = "x".repeat(300);
+    let input = format!("{HEAD}DATA\r\n{body}");
+    let d = run_chunks(&cfg, false, &[input.as_bytes(), b"\r\n.\r\n"]);
+    assert_eq!(codes(&d.out).last().map(String::as_str), Some("421 4.7.0"));
+    assert!(d.stored.is_empty());
+}
+
+/// A cheap deterministic fuzz: random mixes of valid commands, junk and
+/// line endings must never panic, never loop, and never buffer more than
+/// one read plus one line.
+#[test]
+fn random_input_never_panics() {
+    let mut seed: u64 = 0x5eed_1234_abcd_0001;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let pieces: &[&[u8]] = &[
+        b"EHLO a.example\r\n",
+        b"MAIL FROM:<a@example.com>\r\n",
+        b"RCPT TO:<b@example.com>\r\n",
+        b"RCPT TO:<b@outside.example>\r\n",
+        b"DATA\r\n",
+        b"BDAT 7\r\n",
+        b"BDAT 3 LAST\r\n",
+        b".\r\n",
+        b"\r\n.\r\n",
+        b"\n.\n",
+        b"\r",
+        b"\n",
+        b"\x00",
+        b"STARTTLS\r\n",
+        b"RSET\r\n",
+        b"NOOP\r\n",
+        b"..x\r\n",
+        b"<>\"@[]:",
+    ];
+    for _ in 0..300 {
+        let mut input = Vec::new();
+        for _ in 0..(rnd() % 40) {
+            if rnd() % 5 == 0 {
+                let n = (rnd() % 600) as usize;
+                input.extend((0..n).map(|_| (rnd() % 256) as u8));
+            } else {
+                input.extend_from_slice(pieces[(rnd() % pieces.len() as u64) as usize]);
+            }
+        }
+        let cut = (rnd() as usize) % (input.len() + 1);
+        let cfg = SessionConfig {
+            max_bad_commands: 1000,
+            ..SessionConfig::default()
+        };
+        let d = run_chunks(&cfg, false, &[&input[..cut], &input[cut..]]);
+        assert!(d.closed);
+    }
 }

@@ -56,7 +56,11 @@ pub struct FsSpool {
 impl FsSpool {
     /// Open (creating) the spool under `data_dir`, take the data folder's
     /// lock, and clean up after an interrupted run.
-    pub fn open(data_dir: &Path, group_commit: bool, max_batch: usize) -> Result<(Self, Recovery), SpoolError> {
+    pub fn open(
+        data_dir: &Path,
+        group_commit: bool,
+        max_batch: usize,
+    ) -> Result<(Self, Recovery), SpoolError> {
         let root = data_dir.join("spool");
         let tmp = root.join("tmp");
         let queue = root.join("queue");
@@ -349,7 +353,10 @@ mod tests {
             assert_eq!(env.trace_len, 16);
             assert_eq!(env.size, body.len() as u64);
             assert!(body.starts_with(b"Received: test\r\nmessage "));
-            assert_eq!(fs::read_dir(dir.path().join("spool/tmp")).unwrap().count(), 0);
+            assert_eq!(
+                fs::read_dir(dir.path().join("spool/tmp")).unwrap().count(),
+                0
+            );
         }
     }
 
@@ -372,7 +379,13 @@ mod tests {
         fs::write(q.join("D.eml"), b"ok").unwrap();
         fs::write(q.join("D.json"), b"{}").unwrap();
         let (spool, rec) = FsSpool::open(dir.path(), false, 16).unwrap();
-        assert_eq!(rec, Recovery { messages: 1, removed: 3 });
+        assert_eq!(
+            rec,
+            Recovery {
+                messages: 1,
+                removed: 3
+            }
+        );
         assert_eq!(spool.list().unwrap(), ["D"]);
     }
 }

@@ -76,5 +76,8 @@ pub trait Spool: Send + Sync + std::fmt::Debug {
 
 /// A new unique, time-ordered queue id (UUIDv7, 32 hex digits).
 pub fn new_queue_id() -> String {
-    uuid::Uuid::now_v7().simple().to_string().to_ascii_uppercase()
+    uuid::Uuid::now_v7()
+        .simple()
+        .to_string()
+        .to_ascii_uppercase()
 }
