@@ -64,8 +64,11 @@ fn serve(config: Option<PathBuf>, log_format: Option<LogFormat>) -> anyhow::Resu
     rt.block_on(async move {
         let server = sluice::server::Server::bind(cfg).await?;
         let (tx, rx) = tokio::sync::watch::channel(false);
+        // Install the handlers before serving, so a signal that comes at
+        // once still means "shut down cleanly", never the default action.
+        let signals = Signals::install().context("installing signal handlers")?;
         tokio::spawn(async move {
-            let signal = wait_for_signal().await;
+            let signal = signals.wait().await;
             tracing::info!(
                 signal,
                 "shutting down: no new connections, finishing messages in flight"
@@ -78,18 +81,25 @@ fn serve(config: Option<PathBuf>, log_format: Option<LogFormat>) -> anyhow::Resu
     })
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
         }
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
     }
 }
 

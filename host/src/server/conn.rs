@@ -15,7 +15,7 @@ use super::stream::Stream;
 use super::{Shared, proxy, refuse};
 use crate::config::ListenerConfig;
 use crate::smtp::reply::std_replies;
-use crate::smtp::{Action, Reply, ReversePath, Session, Transaction, Waiting};
+use crate::smtp::{Action, Check, Reply, ReversePath, Session, Transaction, Verdict, Waiting};
 use crate::spool::{ClientInfo, ENVELOPE_VERSION, Envelope, NewMessage, TlsInfo, new_queue_id};
 
 /// Read buffer per connection.
@@ -164,6 +164,11 @@ impl Driver {
         loop {
             match self.session.next_action() {
                 Action::Send(r) => r.write_to(&mut self.wbuf),
+                Action::Check(Check::Connect) if *shutdown.borrow() => {
+                    // Accepted just as shutdown began: no new session.
+                    self.session
+                        .answer(Verdict::Reject(std_replies::shutting_down()));
+                }
                 Action::Check(c) => {
                     let v = self.shared.access.check(&c, self.peer.client.ip());
                     self.session.answer(v);

@@ -163,8 +163,9 @@ async fn accept_loop(
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            biased;
             _ = shutdown.wait_for(|s| *s) => break,
+            r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
             Ok(x) => {
