@@ -450,7 +450,12 @@ impl Stored {
             .as_array()
             .expect("envelope recipients")
             .iter()
-            .map(|r| r.as_str().expect("recipient string").to_string())
+            .map(|r| {
+                r["address"]
+                    .as_str()
+                    .expect("recipient address")
+                    .to_string()
+            })
             .collect()
     }
 

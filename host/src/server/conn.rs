@@ -16,7 +16,9 @@ use super::{Shared, proxy, refuse};
 use crate::config::ListenerConfig;
 use crate::smtp::reply::std_replies;
 use crate::smtp::{Action, Check, Reply, ReversePath, Session, Transaction, Verdict, Waiting};
-use crate::spool::{ClientInfo, ENVELOPE_VERSION, Envelope, NewMessage, TlsInfo, new_queue_id};
+use crate::spool::{
+    ClientInfo, ENVELOPE_VERSION, Envelope, NewMessage, Recipient, TlsInfo, new_queue_id,
+};
 
 /// Read buffer per connection.
 const READ_CHUNK: usize = 16 * 1024;
@@ -251,9 +253,17 @@ impl Driver {
         let envelope = Envelope {
             version: ENVELOPE_VERSION,
             id: id.clone(),
-            received_at: now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            received_at: now,
             sender: display_sender(&t.from),
-            recipients: t.recipients.iter().map(|r| r.to_string()).collect(),
+            recipients: t
+                .recipients
+                .iter()
+                .map(|r| Recipient {
+                    orcpt: r.params.orcpt.clone(),
+                    notify: r.params.notify,
+                    ..Recipient::new(r.to.to_string())
+                })
+                .collect(),
             params: t.params.clone(),
             chunked: t.chunked,
             client: ClientInfo {
@@ -267,6 +277,7 @@ impl Driver {
             },
             size: 0,
             trace_len: 0,
+            held: false,
         };
         let msg = NewMessage {
             envelope,
@@ -320,7 +331,7 @@ fn received_header(
         .map(|i| format!(" ({} {})", i.version, i.cipher))
         .unwrap_or_default();
     let rcpt = match t.recipients.as_slice() {
-        [one] => format!("\r\n\tfor <{one}>"),
+        [one] => format!("\r\n\tfor <{}>", one.to),
         _ => String::new(),
     };
     format!(
@@ -361,7 +372,10 @@ mod tests {
             tls: true,
             from: parse_reverse_path("<a@example.com>").unwrap(),
             params: MailParams::default(),
-            recipients: vec![parse_forward_path("<b@example.org>").unwrap()],
+            recipients: vec![crate::smtp::Recipient {
+                to: parse_forward_path("<b@example.org>").unwrap(),
+                params: Default::default(),
+            }],
             body: Vec::new(),
             chunked: false,
         };

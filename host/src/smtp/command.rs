@@ -28,6 +28,109 @@ pub struct MailParams {
     /// `SMTPUTF8` (RFC 6531).
     #[serde(default)]
     pub smtputf8: bool,
+    /// `RET=` (RFC 3461): what a DSN returns of the message.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ret: Option<Ret>,
+    /// `ENVID=` (RFC 3461), xtext-decoded.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub envid: Option<String>,
+}
+
+/// `RET=` values (RFC 3461 §4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Ret {
+    /// Return the whole message.
+    #[serde(rename = "FULL")]
+    Full,
+    /// Return the headers only.
+    #[serde(rename = "HDRS")]
+    Hdrs,
+}
+
+/// `NOTIFY=` (RFC 3461 §4.1): when the sender wants a DSN. `NEVER` is all
+/// three false.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Notify {
+    /// On successful delivery.
+    pub success: bool,
+    /// On failure.
+    pub failure: bool,
+    /// On delay.
+    pub delay: bool,
+}
+
+impl Notify {
+    /// The wire form: `NEVER` or a comma list.
+    pub fn to_param(&self) -> String {
+        let mut v = Vec::new();
+        if self.success {
+            v.push("SUCCESS");
+        }
+        if self.failure {
+            v.push("FAILURE");
+        }
+        if self.delay {
+            v.push("DELAY");
+        }
+        if v.is_empty() {
+            "NEVER".into()
+        } else {
+            v.join(",")
+        }
+    }
+}
+
+/// ESMTP parameters of RCPT TO that the gateway understands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RcptParams {
+    /// `NOTIFY=`; `None` means the default (failure, and delay at our
+    /// discretion).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub notify: Option<Notify>,
+    /// `ORCPT=` as `addr-type;address`, xtext-decoded.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub orcpt: Option<String>,
+}
+
+/// Decode RFC 3461 §4 xtext (`+XX` hex escapes).
+pub fn xtext_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => {
+                let hex = s.get(i + 1..i + 3)?;
+                if !hex
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c))
+                {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            c @ 33..=126 if c != b'=' => {
+                out.push(c);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Encode as RFC 3461 xtext.
+pub fn xtext_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A parsed command.
@@ -44,10 +147,12 @@ pub enum Command {
         /// Its parameters.
         params: MailParams,
     },
-    /// `RCPT TO:<path>`
+    /// `RCPT TO:<path> params`
     Rcpt {
         /// The recipient.
         to: Mailbox,
+        /// Its parameters.
+        params: RcptParams,
     },
     /// `DATA`
     Data,
@@ -237,6 +342,16 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
             ("BODY", _) => return Err(std_replies::unknown_parameter("BODY value")),
             ("SMTPUTF8", None) => mp.smtputf8 = true,
             ("SMTPUTF8", Some(_)) => return Err(syntax("SMTPUTF8 takes no value")),
+            ("RET", Some(v)) if v.eq_ignore_ascii_case("FULL") => mp.ret = Some(Ret::Full),
+            ("RET", Some(v)) if v.eq_ignore_ascii_case("HDRS") => mp.ret = Some(Ret::Hdrs),
+            ("RET", _) => return Err(syntax("RET must be FULL or HDRS")),
+            ("ENVID", Some(v)) => {
+                let id = xtext_decode(v).ok_or_else(|| syntax("bad ENVID xtext"))?;
+                if id.is_empty() || id.len() > 100 {
+                    return Err(syntax("ENVID must be 1 to 100 characters"));
+                }
+                mp.envid = Some(id);
+            }
             (k, _) => return Err(std_replies::unknown_parameter(k)),
         }
     }
@@ -246,10 +361,48 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
 fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
     let (path, ps) = split_path(rest, "TO:")?;
     let to = parse_forward_path(path).map_err(address_reply)?;
-    if let Some((key, _)) = params(ps)?.into_iter().next() {
-        return Err(std_replies::unknown_parameter(&key));
+    let mut rp = RcptParams::default();
+    for (key, value) in params(ps)? {
+        match (key.as_str(), value) {
+            ("NOTIFY", Some(v)) => rp.notify = Some(parse_notify(v)?),
+            ("ORCPT", Some(v)) => {
+                let decoded = xtext_decode(v).ok_or_else(|| syntax("bad ORCPT xtext"))?;
+                match decoded.split_once(';') {
+                    Some((kind, addr))
+                        if !kind.is_empty()
+                            && kind.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                            && !addr.is_empty()
+                            && decoded.len() <= 500 => {}
+                    _ => return Err(syntax("ORCPT must be addr-type;address")),
+                }
+                rp.orcpt = Some(decoded);
+            }
+            (k, _) => return Err(std_replies::unknown_parameter(k)),
+        }
     }
-    Ok(Command::Rcpt { to })
+    Ok(Command::Rcpt { to, params: rp })
+}
+
+fn parse_notify(v: &str) -> Result<Notify, Reply> {
+    let mut n = Notify {
+        success: false,
+        failure: false,
+        delay: false,
+    };
+    let mut never = false;
+    for item in v.split(',') {
+        match item.to_ascii_uppercase().as_str() {
+            "NEVER" => never = true,
+            "SUCCESS" => n.success = true,
+            "FAILURE" => n.failure = true,
+            "DELAY" => n.delay = true,
+            _ => return Err(syntax("NOTIFY must be NEVER or SUCCESS,FAILURE,DELAY")),
+        }
+    }
+    if never && (n.success || n.failure || n.delay) {
+        return Err(syntax("NOTIFY=NEVER cannot be combined"));
+    }
+    Ok(n)
 }
 
 fn parse_bdat(rest: &str) -> Result<Command, Reply> {
@@ -308,7 +461,18 @@ mod tests {
             ("MAIL FROM:<\"a>b\"@c.example>", 0),
             ("RCPT TO:<c@d.example>", 0),
             ("RCPT TO:<postmaster>", 0),
-            ("RCPT TO:<c@d.example> NOTIFY=NEVER", 555),
+            ("RCPT TO:<c@d.example> NOTIFY=NEVER", 0),
+            (
+                "RCPT TO:<c@d.example> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;c+40d.example",
+                0,
+            ),
+            ("RCPT TO:<c@d.example> NOTIFY=NEVER,DELAY", 501),
+            ("RCPT TO:<c@d.example> NOTIFY=SOMETIMES", 501),
+            ("RCPT TO:<c@d.example> ORCPT=c@d.example", 501),
+            ("RCPT TO:<c@d.example> FOO=1", 555),
+            ("MAIL FROM:<a@b.example> RET=HDRS ENVID=QQ314159", 0),
+            ("MAIL FROM:<a@b.example> RET=ALL", 501),
+            ("MAIL FROM:<a@b.example> ENVID=a+zz", 501),
             ("RCPT TO:<c@d.example> x", 555),
             ("RCPT TO:<c@d.example>>", 501),
             ("RCPT FROM:<c@d.example>", 501),
@@ -339,6 +503,21 @@ mod tests {
     }
 
     #[test]
+    fn xtext_round_trip() {
+        assert_eq!(
+            xtext_decode("rfc822;a+40b.example").as_deref(),
+            Some("rfc822;a@b.example")
+        );
+        assert_eq!(xtext_encode("a+b=c d"), "a+2Bb+3Dc+20d");
+        assert_eq!(
+            xtext_decode(&xtext_encode("a+b=c d")).as_deref(),
+            Some("a+b=c d")
+        );
+        assert_eq!(xtext_decode("a+4"), None);
+        assert_eq!(xtext_decode("a+4g"), None);
+    }
+
+    #[test]
     fn invalid_utf8_is_refused() {
         let r = parse(b"MAIL FROM:<\xff@b.example>").unwrap_err();
         assert_eq!(r.code, 500);
@@ -354,7 +533,8 @@ mod tests {
                 params: MailParams {
                     size: Some(1234),
                     body: Some(Body::EightBitMime),
-                    smtputf8: true
+                    smtputf8: true,
+                    ..MailParams::default()
                 }
             }
         );

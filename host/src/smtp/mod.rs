@@ -10,7 +10,9 @@ pub mod session;
 
 pub use address::{Domain, Mailbox, ReversePath};
 pub use reply::{Enhanced, Reply};
-pub use session::{Action, Check, Outcome, Session, SessionConfig, Transaction, Verdict, Waiting};
+pub use session::{
+    Action, Check, Outcome, Recipient, Session, SessionConfig, Transaction, Verdict, Waiting,
+};
 
 #[cfg(test)]
 mod tests;

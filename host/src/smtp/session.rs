@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 
 use super::address::{Mailbox, ReversePath};
-use super::command::{self, Command, MailParams};
+use super::command::{self, Command, MailParams, RcptParams};
 use super::data::{DataReader, Defect, LineChecker};
 use super::reply::{Reply, std_replies};
 
@@ -96,12 +96,22 @@ pub struct Transaction {
     pub from: ReversePath,
     /// MAIL FROM parameters.
     pub params: MailParams,
-    /// Accepted recipients, in order, without duplicates.
-    pub recipients: Vec<Mailbox>,
+    /// Accepted recipients with their parameters, in order, without
+    /// duplicates.
+    pub recipients: Vec<Recipient>,
     /// The message: dot-unstuffed (DATA) or as sent (BDAT).
     pub body: Vec<u8>,
     /// Sent with BDAT.
     pub chunked: bool,
+}
+
+/// One accepted recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The forward-path.
+    pub to: Mailbox,
+    /// RCPT TO parameters.
+    pub params: RcptParams,
 }
 
 /// How a transaction ended, for the one-line-per-transaction log.
@@ -160,6 +170,7 @@ enum Pending {
     },
     Rcpt {
         to: Mailbox,
+        params: RcptParams,
     },
 }
 
@@ -183,7 +194,7 @@ enum Phase {
 struct Tx {
     from: ReversePath,
     params: MailParams,
-    recipients: Vec<Mailbox>,
+    recipients: Vec<Recipient>,
     /// Octets of message content received.
     size: u64,
     /// BDAT state: the body so far and its line checker.
@@ -316,11 +327,11 @@ impl Session {
                 });
                 self.send(std_replies::sender_ok());
             }
-            (Pending::Rcpt { to }, Verdict::Accept) => {
+            (Pending::Rcpt { to, params }, Verdict::Accept) => {
                 if let Some(tx) = &mut self.tx
-                    && !tx.recipients.contains(&to)
+                    && !tx.recipients.iter().any(|r| r.to == to)
                 {
-                    tx.recipients.push(to);
+                    tx.recipients.push(Recipient { to, params });
                 }
                 self.send(std_replies::recipient_ok());
             }
@@ -363,6 +374,7 @@ impl Session {
             "SMTPUTF8".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
             "CHUNKING".to_string(),
+            "DSN".to_string(),
         ];
         if self.cfg.starttls_available && !self.tls {
             lines.push("STARTTLS".to_string());
@@ -393,7 +405,7 @@ impl Session {
             let size = tx.size;
             self.queue.push_back(Action::Done(Box::new(Outcome {
                 from: tx.from,
-                recipients: tx.recipients,
+                recipients: tx.recipients.into_iter().map(|r| r.to).collect(),
                 size,
                 reply: reply.clone(),
             })));
@@ -543,7 +555,7 @@ impl Session {
                 self.queue
                     .push_back(Action::Check(self.pending_check().expect("mail pending")));
             }
-            Command::Rcpt { to } => {
+            Command::Rcpt { to, params } => {
                 let Some(tx) = &self.tx else {
                     return self.protocol_error(std_replies::bad_sequence("Need MAIL command"));
                 };
@@ -556,7 +568,7 @@ impl Session {
                 if tx.recipients.len() >= self.cfg.max_recipients {
                     return self.send(std_replies::too_many_recipients());
                 }
-                self.phase = Phase::Awaiting(Pending::Rcpt { to });
+                self.phase = Phase::Awaiting(Pending::Rcpt { to, params });
                 self.queue
                     .push_back(Action::Check(self.pending_check().expect("rcpt pending")));
             }
@@ -635,7 +647,7 @@ impl Session {
                 from: from.clone(),
                 params: params.clone(),
             },
-            Pending::Rcpt { to } => Check::Rcpt {
+            Pending::Rcpt { to, .. } => Check::Rcpt {
                 from: self
                     .tx
                     .as_ref()

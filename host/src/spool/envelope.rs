@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::smtp::command::MailParams;
+use chrono::{DateTime, Utc};
+
+use crate::smtp::command::{MailParams, Notify};
 
 /// Current envelope format version.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -15,12 +17,12 @@ pub struct Envelope {
     pub version: u32,
     /// The queue id.
     pub id: String,
-    /// When the message was accepted, RFC 3339.
-    pub received_at: String,
+    /// When the message was accepted (RFC 3339 in the file).
+    pub received_at: DateTime<Utc>,
     /// The reverse-path; empty for the null sender `<>`.
     pub sender: String,
-    /// The accepted recipients, in order.
-    pub recipients: Vec<String>,
+    /// The accepted recipients, in order, each with its delivery state.
+    pub recipients: Vec<Recipient>,
     /// MAIL FROM parameters.
     pub params: MailParams,
     /// Sent with BDAT.
@@ -31,6 +33,90 @@ pub struct Envelope {
     pub size: u64,
     /// Octets of our `Received:` header at the start of the `.eml` file.
     pub trace_len: u64,
+    /// Held by an operator: not delivered until released.
+    #[serde(default)]
+    pub held: bool,
+}
+
+impl Envelope {
+    /// True when no recipient is waiting for delivery.
+    pub fn is_finished(&self) -> bool {
+        self.recipients.iter().all(|r| r.state.is_final())
+    }
+}
+
+/// Where one recipient stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptState {
+    /// Not tried yet.
+    #[default]
+    Pending,
+    /// Tried, failed temporarily; `next_attempt` says when again.
+    Deferred,
+    /// Delivered (or relayed) successfully.
+    Delivered,
+    /// Failed permanently (or expired); a DSN is due unless NOTIFY says no.
+    Failed,
+}
+
+impl RcptState {
+    /// Delivered or failed.
+    pub fn is_final(self) -> bool {
+        matches!(self, RcptState::Delivered | RcptState::Failed)
+    }
+}
+
+/// One recipient of a stored message and its delivery state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// The forward-path as accepted.
+    pub address: String,
+    /// `ORCPT=` (RFC 3461), `addr-type;address`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub orcpt: Option<String>,
+    /// `NOTIFY=` (RFC 3461); absent means the default.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub notify: Option<Notify>,
+    /// Delivery state.
+    #[serde(default)]
+    pub state: RcptState,
+    /// Delivery attempts made.
+    #[serde(default)]
+    pub attempts: u32,
+    /// When to try again (deferred recipients).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next_attempt: Option<DateTime<Utc>>,
+    /// When it was last tried.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_attempt: Option<DateTime<Utc>>,
+    /// The enhanced status of the last attempt, e.g. `5.1.1`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<String>,
+    /// The last reply or error, e.g. `smtp; 550 5.1.1 no such user`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub diagnostic: Option<String>,
+    /// The server that gave it, e.g. `mx1.example.com`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub remote_mta: Option<String>,
+}
+
+impl Recipient {
+    /// A new, pending recipient.
+    pub fn new(address: String) -> Self {
+        Self {
+            address,
+            orcpt: None,
+            notify: None,
+            state: RcptState::Pending,
+            attempts: 0,
+            next_attempt: None,
+            last_attempt: None,
+            status: None,
+            diagnostic: None,
+            remote_mta: None,
+        }
+    }
 }
 
 /// The client side of the session.

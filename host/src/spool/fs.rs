@@ -304,9 +304,9 @@ mod tests {
             envelope: Envelope {
                 version: 1,
                 id: new_queue_id(),
-                received_at: "2026-01-01T00:00:00Z".into(),
+                received_at: chrono::Utc::now(),
                 sender: "a@example.com".into(),
-                recipients: vec!["b@example.com".into()],
+                recipients: vec![crate::spool::Recipient::new("b@example.com".into())],
                 params: MailParams::default(),
                 chunked: false,
                 client: ClientInfo {
@@ -320,6 +320,7 @@ mod tests {
                 },
                 size: 0,
                 trace_len: 0,
+                held: false,
             },
             trace: b"Received: test\r\n".to_vec(),
             body: body.as_bytes().to_vec(),

@@ -14,7 +14,7 @@
 mod envelope;
 mod fs;
 
-pub use envelope::{ClientInfo, ENVELOPE_VERSION, Envelope, TlsInfo};
+pub use envelope::{ClientInfo, ENVELOPE_VERSION, Envelope, RcptState, Recipient, TlsInfo};
 pub use fs::{FsSpool, Recovery};
 
 use std::future::Future;
