@@ -80,9 +80,133 @@ pub struct Config {
     /// Spool settings.
     #[serde(default)]
     pub spool: SpoolConfig,
+    /// The queue: retries and concurrency.
+    #[serde(default)]
+    pub queue: QueueConfig,
+    /// Delivery: MX, relay, local, TLS.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// DNS resolution.
+    #[serde(default)]
+    pub dns: DnsConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// `[queue]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Deliver queued mail. `false` only accepts into the spool (for
+    /// maintenance, or to measure acceptance alone).
+    pub deliver: bool,
+    /// First retry delay.
+    #[serde(with = "humantime_de")]
+    pub retry_initial: Duration,
+    /// Longest delay between retries.
+    #[serde(with = "humantime_de")]
+    pub retry_max: Duration,
+    /// How long a message may stay queued.
+    #[serde(with = "humantime_de")]
+    pub max_lifetime: Duration,
+    /// Deliveries in flight.
+    pub concurrency: usize,
+    /// Deliveries in flight per destination.
+    pub destination_concurrency: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            deliver: true,
+            retry_initial: Duration::from_secs(300),
+            retry_max: Duration::from_secs(3600),
+            max_lifetime: Duration::from_secs(5 * 86400),
+            concurrency: 100,
+            destination_concurrency: 10,
+        }
+    }
+}
+
+/// `[delivery]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Port for MX delivery.
+    pub mx_port: u16,
+    /// TLS policy for MX delivery.
+    pub tls: crate::delivery::TlsMode,
+    /// Per-domain TLS policy overrides for MX delivery.
+    pub tls_policy: std::collections::BTreeMap<String, crate::delivery::TlsMode>,
+    /// Smarthost `host:port` for all non-local mail.
+    pub relay_host: Option<String>,
+    /// TLS policy towards the relay host.
+    pub relay_tls: crate::delivery::TlsMode,
+    /// AUTH user name for the relay host.
+    pub relay_username: Option<String>,
+    /// AUTH password for the relay host.
+    pub relay_password: Option<String>,
+    /// LMTP server (`host:port`) for local delivery instead of Maildir.
+    pub lmtp: Option<String>,
+    /// Extra PEM trust anchors for verified TLS.
+    pub ca_file: Option<PathBuf>,
+    /// More `Received:` headers than this: a loop, bounce 5.4.6.
+    pub max_received_headers: usize,
+    /// Allow MX hosts that are our own listeners.
+    pub allow_mx_to_self: bool,
+    /// TCP connect timeout.
+    #[serde(with = "humantime_de")]
+    pub connect_timeout: Duration,
+    /// How long an idle outbound connection is kept for reuse.
+    #[serde(with = "humantime_de")]
+    pub idle_connection_time: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            mx_port: 25,
+            tls: crate::delivery::TlsMode::Opportunistic,
+            tls_policy: Default::default(),
+            relay_host: None,
+            relay_tls: crate::delivery::TlsMode::Opportunistic,
+            relay_username: None,
+            relay_password: None,
+            lmtp: None,
+            ca_file: None,
+            max_received_headers: 50,
+            allow_mx_to_self: false,
+            connect_timeout: Duration::from_secs(30),
+            idle_connection_time: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[dns]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers (`ip:port`); empty: the system's.
+    pub nameservers: Vec<SocketAddr>,
+    /// Per-query timeout.
+    #[serde(with = "humantime_de")]
+    pub timeout: Duration,
+    /// Static MX answers: domain → exchanges in preference order.
+    pub mx: std::collections::BTreeMap<String, Vec<String>>,
+    /// Static address answers: host → addresses.
+    pub a: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(5),
+            mx: Default::default(),
+            a: Default::default(),
+        }
+    }
 }
 
 /// One `[[listener]]`.
@@ -417,6 +541,33 @@ impl Config {
             if d.is_zero() {
                 return Err(invalid(name, "must be more than zero".into()));
             }
+        }
+        let q = &self.queue;
+        if q.retry_initial.is_zero() || q.retry_max < q.retry_initial {
+            return Err(invalid(
+                "retry_max",
+                "retry_initial must be more than zero and retry_max at least retry_initial".into(),
+            ));
+        }
+        if q.concurrency < 1 || q.destination_concurrency < 1 {
+            return Err(invalid("concurrency", "must be at least 1".into()));
+        }
+        let d = &self.delivery;
+        if let Some(r) = &d.relay_host
+            && crate::delivery::parse_host_port(r).is_none()
+        {
+            return Err(invalid("relay_host", format!("{r:?} is not host:port")));
+        }
+        if let Some(r) = &d.lmtp
+            && crate::delivery::parse_host_port(r).is_none()
+        {
+            return Err(invalid("lmtp", format!("{r:?} is not host:port")));
+        }
+        if d.relay_username.is_some() != d.relay_password.is_some() {
+            return Err(invalid(
+                "relay_username",
+                "relay_username and relay_password go together".into(),
+            ));
         }
         if self.spool.max_batch < 1 {
             return Err(invalid("max_batch", "must be at least 1".into()));

@@ -8,9 +8,16 @@
 //!   per-connection driver that runs a [`smtp::Session`] over a socket.
 //! - [`spool`] — the durable spool: a message and its envelope are on disk
 //!   and fsync'd before the `250`.
+//! - [`queue`] — the queue: routing, scheduling, retries, bounces.
+//! - [`delivery`] — how mail leaves: Maildir/LMTP, the SMTP client, DNS,
+//!   DSNs.
+//! - [`admin`] — the local admin socket behind `sluice queue`.
 //! - [`config`] — the TOML configuration, its defaults and its checks.
 
+pub mod admin;
 pub mod config;
+pub mod delivery;
+pub mod queue;
 pub mod server;
 pub mod smtp;
 pub mod spool;

@@ -32,6 +32,158 @@ enum Command {
     },
     /// Print the embedded default configuration, every key documented.
     DefaultConfig,
+    /// Look at and act on the queue of a running gateway (through its
+    /// admin socket in the data folder).
+    Queue {
+        /// The gateway's configuration file (for its data folder).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueAction {
+    /// List queued messages and their recipients.
+    List,
+    /// Show one message: envelope, delivery state and headers.
+    Show {
+        /// Queue id.
+        id: String,
+    },
+    /// Retry deferred recipients now.
+    Retry {
+        /// Queue id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every message.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete a message: no delivery, no DSN.
+    Delete {
+        /// Queue id.
+        id: String,
+    },
+    /// Hold a message: no delivery until released.
+    Hold {
+        /// Queue id.
+        id: String,
+    },
+    /// Release a held message.
+    Release {
+        /// Queue id.
+        id: String,
+    },
+}
+
+fn queue_command(config: Option<PathBuf>, json: bool, action: QueueAction) -> anyhow::Result<()> {
+    use sluice::admin::{Request, request};
+    let cfg = match &config {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded(),
+    };
+    let (req, what) = match action {
+        QueueAction::List => (Request::List, "list"),
+        QueueAction::Show { id } => (Request::Show { id }, "show"),
+        QueueAction::Retry { id, .. } => (Request::Retry { id }, "retry"),
+        QueueAction::Delete { id } => (Request::Delete { id }, "delete"),
+        QueueAction::Hold { id } => (Request::Hold { id }, "hold"),
+        QueueAction::Release { id } => (Request::Release { id }, "release"),
+    };
+    let answer = request(&cfg.data_dir, &req).with_context(|| {
+        format!(
+            "is sluice running with data_dir {}?",
+            cfg.data_dir.display()
+        )
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    match what {
+        "list" => print_list(&answer),
+        "show" => print_show(&answer),
+        "retry" => println!("{} message(s) scheduled now", answer["count"]),
+        other => println!("{other}: ok"),
+    }
+    Ok(())
+}
+
+fn print_recipients(env: &serde_json::Value) {
+    for r in env["recipients"].as_array().into_iter().flatten() {
+        let mut line = format!(
+            "    {:<40} {:<9}",
+            r["address"].as_str().unwrap_or("?"),
+            r["state"].as_str().unwrap_or("?")
+        );
+        if let Some(n) = r["attempts"].as_u64().filter(|n| *n > 0) {
+            line.push_str(&format!(" attempts={n}"));
+        }
+        if let Some(t) = r["next_attempt"].as_str() {
+            line.push_str(&format!(" next={t}"));
+        }
+        if let Some(d) = r["diagnostic"].as_str() {
+            line.push_str(&format!(" ({d})"));
+        }
+        println!("{line}");
+    }
+}
+
+fn print_list(answer: &serde_json::Value) {
+    let msgs = answer["messages"].as_array().cloned().unwrap_or_default();
+    if msgs.is_empty() {
+        println!("queue is empty");
+        return;
+    }
+    for m in &msgs {
+        let sender = m["sender"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("<>");
+        println!(
+            "{}{} {:>9} {} {}",
+            m["id"].as_str().unwrap_or("?"),
+            if m["held"] == serde_json::json!(true) {
+                "!"
+            } else {
+                " "
+            },
+            m["size"],
+            m["received_at"].as_str().unwrap_or("?"),
+            sender
+        );
+        print_recipients(m);
+    }
+    println!("{} message(s); ! = held", msgs.len());
+}
+
+fn print_show(answer: &serde_json::Value) {
+    let env = &answer["envelope"];
+    println!("id:        {}", env["id"].as_str().unwrap_or("?"));
+    println!("arrived:   {}", env["received_at"].as_str().unwrap_or("?"));
+    println!(
+        "sender:    {}",
+        env["sender"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("<>")
+    );
+    println!(
+        "client:    {} ({})",
+        env["client"]["ip"].as_str().unwrap_or("?"),
+        env["client"]["helo"].as_str().unwrap_or("?")
+    );
+    println!("size:      {}", env["size"]);
+    println!("held:      {}", env["held"]);
+    println!("recipients:");
+    print_recipients(env);
+    println!();
+    print!("{}", answer["headers"].as_str().unwrap_or(""));
 }
 
 fn init_logs(cfg: &Config, format: Option<LogFormat>) {
@@ -110,6 +262,11 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => Config::load(&file)
             .map(|_| println!("{}: ok", file.display()))
             .map_err(Into::into),
+        Command::Queue {
+            config,
+            json,
+            action,
+        } => queue_command(config, json, action),
         Command::DefaultConfig => {
             print!("{}", sluice::config::DEFAULT_TOML);
             Ok(())

@@ -148,6 +148,9 @@ impl ServerConfig {
             writeln!(t, "{k} = {v}").unwrap();
         }
         writeln!(t, "\n[spool]\ngroup_commit = {}", self.group_commit).unwrap();
+        // These tests look at what was accepted into the spool: keep the
+        // queue from delivering (and so removing) it.
+        writeln!(t, "\n[queue]\ndeliver = false").unwrap();
         t
     }
 }

@@ -287,6 +287,7 @@ impl Driver {
         match self.shared.spool.store(msg).await {
             Ok(()) => {
                 self.last_id = Some(id.clone());
+                self.shared.queue.submit(&id);
                 Ok(id)
             }
             Err(e) => {

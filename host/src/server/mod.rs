@@ -18,6 +18,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ListenerConfig};
+use crate::delivery::client::{ClientConfig, Timeouts};
+use crate::queue::{Queue, QueueParts};
 use crate::smtp::reply::std_replies;
 use crate::spool::{FsSpool, Spool, SpoolError};
 
@@ -38,6 +40,18 @@ pub enum ServerError {
     /// The spool could not be opened.
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// The queue could not load the spool.
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+    /// DNS could not be set up.
+    #[error("DNS: {0}")]
+    Dns(String),
+    /// Outbound TLS trust anchors could not be loaded.
+    #[error("outbound TLS: {0}")]
+    ClientTls(String),
+    /// The admin socket could not be set up.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 /// Everything a connection needs, shared.
@@ -48,6 +62,7 @@ pub(crate) struct Shared {
     pub(crate) tls: TlsAcceptor,
     pub(crate) per_ip: limits::PerIpLimiter,
     pub(crate) connections: Arc<Semaphore>,
+    pub(crate) queue: Queue,
 }
 
 impl std::fmt::Debug for Shared {
@@ -64,6 +79,7 @@ impl std::fmt::Debug for Shared {
 pub struct Server {
     shared: Arc<Shared>,
     listeners: Vec<(TcpListener, ListenerConfig)>,
+    admin: tokio::net::UnixListener,
 }
 
 impl Server {
@@ -99,18 +115,46 @@ impl Server {
                     })?;
             listeners.push((socket, l.clone()));
         }
+        let spool: Arc<dyn Spool> = Arc::new(spool);
+        let resolver = crate::delivery::dns::from_config(&config.dns)
+            .map_err(|e| ServerError::Dns(e.to_string()))?;
+        let roots = crate::delivery::client::load_roots(config.delivery.ca_file.as_deref())
+            .map_err(|e| ServerError::ClientTls(e.to_string()))?;
+        let client = ClientConfig {
+            helo_name: config.hostname.clone(),
+            connect_timeout: config.delivery.connect_timeout,
+            timeouts: Timeouts::default(),
+            tls_roots: Arc::new(roots),
+        };
+        let self_addrs = listeners
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect();
+        let queue = Queue::new(QueueParts {
+            spool: spool.clone(),
+            config: config.clone(),
+            resolver,
+            client,
+            self_addrs,
+        })?;
+        let admin = crate::admin::bind(&config.data_dir)?;
         let shared = Arc::new(Shared {
             access: access::AccessRules::new(
                 config.local_domains.clone(),
                 config.relay_networks.clone(),
             ),
-            spool: Arc::new(spool),
+            queue,
+            spool,
             tls: TlsAcceptor::from(tls_config),
             per_ip: limits::PerIpLimiter::new(config.limits.max_connections_per_ip),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             config,
         });
-        Ok(Self { shared, listeners })
+        Ok(Self {
+            shared,
+            listeners,
+            admin,
+        })
     }
 
     /// The bound addresses, in config order.
@@ -125,6 +169,12 @@ impl Server {
     /// sessions `421 4.3.0`, let messages in flight finish (bounded by
     /// `shutdown_timeout`) and return.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let queue_task = tokio::spawn(self.shared.queue.clone().run(shutdown.clone()));
+        let admin_task = tokio::spawn(crate::admin::serve(
+            self.admin,
+            self.shared.queue.clone(),
+            shutdown.clone(),
+        ));
         let mut accept_tasks = Vec::new();
         for (listener, cfg) in self.listeners {
             if let Ok(addr) = listener.local_addr() {
@@ -151,6 +201,8 @@ impl Server {
                 "shutdown timeout: closing sessions still open"
             ),
         }
+        let _ = admin_task.await;
+        let _ = queue_task.await;
     }
 }
 

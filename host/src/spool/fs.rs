@@ -138,6 +138,18 @@ impl FsSpool {
     }
 }
 
+/// Queue ids are ours (hex); refuse anything that could name another file.
+fn check_id(id: &str) -> Result<(), SpoolError> {
+    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err(SpoolError::Io {
+            path: id.to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a queue id"),
+        })
+    }
+}
+
 fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -281,15 +293,53 @@ impl Spool for FsSpool {
     }
 
     fn read(&self, id: &str) -> Result<(Envelope, Vec<u8>), SpoolError> {
-        let json = self.queue.join(format!("{id}.json"));
+        let env = self.read_envelope(id)?;
         let eml = self.queue.join(format!("{id}.eml"));
-        let env_bytes = fs::read(&json).map_err(io_err(&json))?;
-        let env = serde_json::from_slice(&env_bytes).map_err(|source| SpoolError::Envelope {
-            path: json.display().to_string(),
-            source,
-        })?;
         let body = fs::read(&eml).map_err(io_err(&eml))?;
         Ok((env, body))
+    }
+
+    fn read_envelope(&self, id: &str) -> Result<Envelope, SpoolError> {
+        check_id(id)?;
+        let json = self.queue.join(format!("{id}.json"));
+        let env_bytes = fs::read(&json).map_err(io_err(&json))?;
+        serde_json::from_slice(&env_bytes).map_err(|source| SpoolError::Envelope {
+            path: json.display().to_string(),
+            source,
+        })
+    }
+
+    fn update(&self, env: &Envelope) -> Result<(), SpoolError> {
+        check_id(&env.id)?;
+        let tmp = self.tmp.join(format!("{}.update.json", env.id));
+        let dest = self.queue.join(format!("{}.json", env.id));
+        if !dest.exists() {
+            return Err(io_err(&dest)(std::io::ErrorKind::NotFound.into()));
+        }
+        let bytes = serde_json::to_vec_pretty(env).map_err(|source| SpoolError::Envelope {
+            path: dest.display().to_string(),
+            source,
+        })?;
+        let _ = fs::remove_file(&tmp);
+        write_file(&tmp, &[&bytes, b"\n"], true)?;
+        if let Err(e) = fs::rename(&tmp, &dest) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(&tmp)(e));
+        }
+        fsync_dir(&self.queue)
+    }
+
+    fn remove(&self, id: &str) -> Result<(), SpoolError> {
+        check_id(id)?;
+        for ext in ["json", "eml"] {
+            let p = self.queue.join(format!("{id}.{ext}"));
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&p)(e)),
+            }
+        }
+        fsync_dir(&self.queue)
     }
 }
 
@@ -350,8 +400,15 @@ mod tests {
             }
             ids.sort();
             assert_eq!(spool.list().unwrap(), ids);
-            let (env, body) = spool.read(&ids[0]).unwrap();
+            let (mut env, body) = spool.read(&ids[0]).unwrap();
             assert_eq!(env.trace_len, 16);
+            env.held = true;
+            spool.update(&env).unwrap();
+            assert!(spool.read_envelope(&ids[0]).unwrap().held);
+            spool.remove(&ids[1]).unwrap();
+            assert_eq!(spool.list().unwrap().len(), 19);
+            assert!(spool.read_envelope("../x").is_err());
+            ids.remove(1);
             assert_eq!(env.size, body.len() as u64);
             assert!(body.starts_with(b"Received: test\r\nmessage "));
             assert_eq!(

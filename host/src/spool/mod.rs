@@ -70,8 +70,16 @@ pub trait Spool: Send + Sync + std::fmt::Debug {
     fn store(&self, msg: NewMessage) -> SpoolFuture<'_, ()>;
     /// The ids of the messages in the queue.
     fn list(&self) -> Result<Vec<String>, SpoolError>;
-    /// Read a message's envelope and content.
+    /// Read a message's envelope and content (blocking).
     fn read(&self, id: &str) -> Result<(Envelope, Vec<u8>), SpoolError>;
+    /// Read a message's envelope only (blocking).
+    fn read_envelope(&self, id: &str) -> Result<Envelope, SpoolError>;
+    /// Replace a message's envelope atomically and durably (blocking):
+    /// after `Ok`, a crash leaves the new envelope, before it the old one.
+    fn update(&self, env: &Envelope) -> Result<(), SpoolError>;
+    /// Remove a message (blocking). The envelope goes first, so a crash in
+    /// between leaves an orphan body that start-up removes.
+    fn remove(&self, id: &str) -> Result<(), SpoolError>;
 }
 
 /// A new unique, time-ordered queue id (UUIDv7, 32 hex digits).
