@@ -595,6 +595,39 @@ impl Inner {
                 }
             }
         }
+        // NOTIFY=SUCCESS (RFC 3461 §5.2.2): for mail that ends here (local
+        // delivery) we report "delivered". Mail relayed onwards carries its
+        // NOTIFY to the next hop, which reports.
+        let local_ok: Vec<usize> = env
+            .recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.state == RcptState::Delivered
+                    && r.remote_mta.is_none()
+                    && r.notify.is_some_and(|n| n.success)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if !local_ok.is_empty()
+            && let Some(d) = dsn::build(
+                &env,
+                msg,
+                &local_ok,
+                dsn::DsnKind::Success,
+                &self.cfg.hostname,
+                Utc::now(),
+            )
+        {
+            match self.store_local(d.to, d.message, env.params.smtputf8).await {
+                Ok(dsn_id) => {
+                    tracing::info!(queue_id = %env.id, dsn = %dsn_id, "success DSN queued")
+                }
+                Err(e) => {
+                    tracing::error!(queue_id = %env.id, error = %e, "cannot queue success DSN")
+                }
+            }
+        }
         let spool = self.spool.clone();
         let id = env.id.clone();
         match tokio::task::spawn_blocking(move || spool.remove(&id)).await {
