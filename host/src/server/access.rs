@@ -72,6 +72,8 @@ mod tests {
         Check::Rcpt {
             from: ReversePath::Null,
             to: parse_forward_path(a).unwrap(),
+            params: Default::default(),
+            accepted: Vec::new(),
         }
     }
 

@@ -71,6 +71,10 @@ pub enum Check {
         from: ReversePath,
         /// The recipient asked for.
         to: Mailbox,
+        /// Its parameters.
+        params: RcptParams,
+        /// Recipients accepted before this one.
+        accepted: Vec<Mailbox>,
     },
 }
 
@@ -647,12 +651,18 @@ impl Session {
                 from: from.clone(),
                 params: params.clone(),
             },
-            Pending::Rcpt { to, .. } => Check::Rcpt {
+            Pending::Rcpt { to, params } => Check::Rcpt {
                 from: self
                     .tx
                     .as_ref()
                     .map_or(ReversePath::Null, |t| t.from.clone()),
                 to: to.clone(),
+                params: params.clone(),
+                accepted: self
+                    .tx
+                    .as_ref()
+                    .map(|t| t.recipients.iter().map(|r| r.to.clone()).collect())
+                    .unwrap_or_default(),
             },
         })
     }
