@@ -13,6 +13,10 @@ Options: --host, --port (0: pick one), --out DIR, --lmtp, --no-smtputf8,
 --size N (SIZE limit), --delay S (seconds before answering the final dot),
 --tls-cert/--tls-key (offer STARTTLS). Prints "LISTENING <port>" when ready
 and runs until killed (or --max-seconds).
+
+OUT/events.log gets one line per event as it happens ("rcpt ADDR CODE",
+"data-start N RCPTS", "data-end N"), so a test can see a transaction that is
+in progress (for instance one held up by --delay) before it is stored.
 """
 import argparse
 import asyncio
@@ -33,8 +37,18 @@ class Handler:
         self.lmtp = lmtp
         self.seen_once = set()
         self.count = 0
+        self.events = os.path.join(out, "events.log")
+
+    def event(self, text):
+        with open(self.events, "a") as f:
+            f.write(text + "\n")
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.rcpt_reply(envelope, address, rcpt_options)
+        self.event("rcpt %s %s" % (address, reply[:3]))
+        return reply
+
+    def rcpt_reply(self, envelope, address, rcpt_options):
         local = address.split("@", 1)[0].lower()
         if local.startswith("reject"):
             return "550 5.1.1 <%s>: no such user here" % address
@@ -48,10 +62,14 @@ class Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        # Numbered when the data arrives, so a delayed transaction does not
+        # take the number of one that finishes first.
+        self.count += 1
+        number = self.count
+        self.event("data-start %04d %s" % (number, " ".join(envelope.rcpt_tos)))
         if self.delay:
             await asyncio.sleep(self.delay)
-        self.count += 1
-        base = os.path.join(self.out, "%04d" % self.count)
+        base = os.path.join(self.out, "%04d" % number)
         data = envelope.original_content or envelope.content
         with open(base + ".eml.tmp", "wb") as f:
             f.write(data)
@@ -66,9 +84,10 @@ class Handler:
         with open(base + ".json", "w") as f:
             json.dump(meta, f)
         os.rename(base + ".eml.tmp", base + ".eml")
+        self.event("data-end %04d" % number)
         if self.lmtp:
             return "\r\n".join("250 2.0.0 <%s> delivered" % r for r in envelope.rcpt_tos)
-        return "250 2.0.0 Ok: stored as %04d" % self.count
+        return "250 2.0.0 Ok: stored as %04d" % number
 
 
 class LMTPController(Controller):

@@ -204,6 +204,23 @@ impl Sandbox {
         Server::start(&path, cfg.listeners.len())
     }
 
+    /// Write `toml` (a whole configuration written by the test, with
+    /// [`Sandbox::data_dir`] as its `data_dir`) as the config file and
+    /// start a server on it that has `listeners` listeners. Unlike
+    /// [`Sandbox::start`] nothing is added: the queue delivers unless the
+    /// text says otherwise.
+    pub(crate) fn start_toml(&self, toml: &str, listeners: usize) -> Server {
+        let path = self.config_path();
+        std::fs::write(&path, toml).expect("write config");
+        Server::start(&path, listeners)
+    }
+
+    /// Start a server again on the config file already written (after a
+    /// crash or a stop), on the same data folder.
+    pub(crate) fn restart(&self, listeners: usize) -> Server {
+        Server::start(&self.config_path(), listeners)
+    }
+
     /// The spool of this sandbox's data folder.
     pub(crate) fn spool(&self) -> SpoolView {
         SpoolView {

@@ -3,10 +3,19 @@
 //!
 //! Each test starts its own server in its own temporary folder on port 0
 //! and reads the bound ports from the JSON log, so tests run in parallel.
+//!
+//! The delivery tests (`delivery*.rs`) add aiosmtpd sinks
+//! (`tests/clients/sink.py`, see `delivery_kit.rs`) as the next hops and an
+//! authoritative DNS server on loopback (`dnsd.rs`) for MX answers.
 
+mod delivery_kit;
+mod dnsd;
 mod harness;
 
 mod cli;
+mod delivery;
+mod delivery_dsn;
+mod delivery_queue;
 mod durability;
 mod protocol;
 mod proxy;

@@ -11,8 +11,9 @@ pub struct Schedule {
     by_time: BTreeSet<(DateTime<Utc>, String)>,
     due: HashMap<String, (DateTime<Utc>, bool)>,
     busy: HashSet<String>,
-    /// Asked for while busy: run again when done (with `force`).
-    again: HashMap<String, bool>,
+    /// Asked for while busy: when (the earliest asked) and with `force`,
+    /// applied when the work ends.
+    again: HashMap<String, (DateTime<Utc>, bool)>,
 }
 
 impl Schedule {
@@ -20,8 +21,9 @@ impl Schedule {
     /// `force` also retries deferred recipients before their time.
     pub fn at(&mut self, id: &str, at: DateTime<Utc>, force: bool) {
         if self.busy.contains(id) {
-            let f = self.again.entry(id.to_string()).or_insert(false);
-            *f |= force;
+            let e = self.again.entry(id.to_string()).or_insert((at, force));
+            e.0 = e.0.min(at);
+            e.1 |= force;
             return;
         }
         if let Some((old, old_force)) = self.due.get(id).copied() {
@@ -50,7 +52,9 @@ impl Schedule {
             let force = self.due.remove(&id).is_some_and(|(_, f)| f);
             if self.busy.contains(&id) {
                 // An operator holds it: run when they are done.
-                *self.again.entry(id).or_insert(false) |= force;
+                let e = self.again.entry(id).or_insert((t, force));
+                e.0 = e.0.min(t);
+                e.1 |= force;
                 continue;
             }
             self.busy.insert(id.clone());
@@ -64,11 +68,12 @@ impl Schedule {
         self.busy.insert(id.to_string())
     }
 
-    /// Work on `id` ended; if it was asked for meanwhile, it is due now.
+    /// Work on `id` ended; if it was scheduled meanwhile (by the work
+    /// itself, or asked for by someone else), it is due at that time.
     pub fn done(&mut self, id: &str) {
         self.busy.remove(id);
-        if let Some(force) = self.again.remove(id) {
-            self.at(id, Utc::now(), force);
+        if let Some((at, force)) = self.again.remove(id) {
+            self.at(id, at, force);
         }
     }
 
@@ -111,8 +116,21 @@ mod tests {
         assert_eq!(s.len(), 1);
         s.done("a");
         assert_eq!(s.len(), 2);
-        let (due, _) = s.take_due(t(100));
+        // A time booked while busy is kept, not turned into "now".
+        let (due, _) = s.take_due(t(5));
         assert!(due.contains(&("a".to_string(), true)));
+        s.at("a", t(50), false);
+        s.done("a");
+        let (due, next) = s.take_due(t(15));
+        assert!(due.is_empty(), "{due:?}");
+        assert_eq!(next, Some(t(20)));
+        let (due, next) = s.take_due(t(20));
+        assert_eq!(due, vec![("b".to_string(), false)]);
+        assert_eq!(next, Some(t(50)));
+        s.done("b");
+        s.at("b", t(20), false);
+        let (due, _) = s.take_due(t(100));
+        assert!(due.contains(&("a".to_string(), false)));
         assert!(due.contains(&("b".to_string(), false)));
     }
 
