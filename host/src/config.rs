@@ -92,6 +92,114 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The policy chain (`[[policy]]`), in order.
+    #[serde(rename = "policy", default)]
+    pub policies: Vec<PolicyConfig>,
+    /// The policy runtime (`[policy_engine]`).
+    #[serde(default)]
+    pub policy_engine: PolicyEngineConfig,
+}
+
+/// One `[[policy]]`: a WebAssembly policy component in the chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The policy's name in logs, metrics and the key-value namespace:
+    /// 1 to 64 of `[a-z0-9_-]`, unique in the chain.
+    pub name: String,
+    /// The component file (`.wasm`), relative to the working directory.
+    pub path: PathBuf,
+    /// Host capabilities granted beyond `log` (which is always granted).
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+    /// What a failed call (trap, deadline, memory limit) means.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Most linear memory one instance may use.
+    #[serde(default = "default_policy_memory")]
+    pub max_memory: ByteSize,
+    /// CPU time one hook call may take (its running time, in epoch ticks).
+    #[serde(default = "default_policy_timeout", with = "humantime_de")]
+    pub timeout: Duration,
+    /// Handed to the policy's `init` as a JSON object.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+/// A host capability a policy may be granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capability {
+    /// Logging into the gateway's log (always granted; naming it is allowed).
+    Log,
+    /// The wall clock (`sluice:policy/clock`, and the WASI wall clock).
+    Clock,
+    /// Counters (`sluice:policy/metrics`).
+    Metrics,
+    /// The key-value store (`sluice:policy/kv`).
+    Kv,
+    /// DNS lookups through the gateway's resolver (`sluice:policy/dns`).
+    Dns,
+}
+
+/// What a failed policy call means for the stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// `451 4.3.0`: the client tries again later (mail is delayed, never
+    /// lost, never waved through).
+    #[default]
+    Tempfail,
+    /// Skip this policy: the next one in the chain decides.
+    Continue,
+    /// `550 5.7.1`: refuse.
+    Reject,
+}
+
+/// `[policy_engine]`: the WebAssembly runtime shared by every policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyEngineConfig {
+    /// Compiled-code cache; empty: `DATA_DIR/policy-cache`.
+    pub cache_dir: PathBuf,
+    /// How often the epoch ticks: the granularity of call deadlines and how
+    /// long a busy guest may hold a worker thread before it yields.
+    #[serde(with = "humantime_de")]
+    pub epoch_tick: Duration,
+    /// Time one hook call may spend waiting for host I/O (DNS).
+    #[serde(with = "humantime_de")]
+    pub host_io_timeout: Duration,
+    /// Preallocate instance slots (pooling allocator): fast instantiation.
+    pub pooling: bool,
+    /// Instances alive at once, all policies together (each SMTP session
+    /// holds one per policy it has called); with `pooling`, the pool size.
+    pub max_instances: u32,
+    /// The largest `max_memory` a policy may have (the pool's slot size).
+    pub max_memory: ByteSize,
+    /// Compile with every core (faster, but competes with serving); off:
+    /// one background thread.
+    pub parallel_compilation: bool,
+}
+
+impl Default for PolicyEngineConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: PathBuf::new(),
+            epoch_tick: Duration::from_millis(1),
+            host_io_timeout: Duration::from_secs(5),
+            pooling: true,
+            max_instances: 1000,
+            max_memory: ByteSize(128 << 20),
+            parallel_compilation: false,
+        }
+    }
+}
+
+fn default_policy_memory() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_policy_timeout() -> Duration {
+    Duration::from_millis(100)
 }
 
 /// `[queue]`
@@ -472,6 +580,9 @@ impl Config {
             .iter()
             .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
             .collect();
+        if cfg.policy_engine.cache_dir.as_os_str().is_empty() {
+            cfg.policy_engine.cache_dir = cfg.data_dir.join("policy-cache");
+        }
         cfg.check(text, file)?;
         Ok(cfg)
     }
@@ -574,6 +685,99 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("level", format!("bad log filter: {e}")))?;
+        self.check_policies(text, file)
+    }
+
+    fn check_policies(&self, text: &str, file: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            line: find_line(text, field),
+            field: field.to_string(),
+            message,
+        };
+        let e = &self.policy_engine;
+        if e.epoch_tick < Duration::from_micros(100) || e.epoch_tick > Duration::from_millis(100) {
+            return Err(invalid(
+                "policy_engine.epoch_tick",
+                "must be between 100us and 100ms".into(),
+            ));
+        }
+        if e.host_io_timeout.is_zero() {
+            return Err(invalid(
+                "policy_engine.host_io_timeout",
+                "must be more than zero".into(),
+            ));
+        }
+        if e.max_instances < 1 {
+            return Err(invalid(
+                "policy_engine.max_instances",
+                "must be at least 1".into(),
+            ));
+        }
+        if e.max_memory.0 < (1 << 20) || e.max_memory.0 > (4 << 30) {
+            return Err(invalid(
+                "policy_engine.max_memory",
+                "must be between 1MiB and 4GiB".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            let invalid = |field: &str, message: String| ConfigError::Invalid {
+                file: file.to_string(),
+                line: find_policy_line(text, i, field),
+                field: field.to_string(),
+                message,
+            };
+            let what = |m: &str| format!("policy {:?}: {m}", p.name);
+            if p.name.is_empty()
+                || p.name.len() > 64
+                || !p
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            {
+                return Err(invalid(
+                    "policy.name",
+                    what("a name is 1 to 64 of a-z, 0-9, _ and -"),
+                ));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(invalid(
+                    "policy.name",
+                    what("the name is used by an earlier [[policy]]"),
+                ));
+            }
+            if p.path.as_os_str().is_empty() {
+                return Err(invalid("policy.path", what("path is empty")));
+            }
+            if p.timeout.is_zero() || p.timeout > Duration::from_secs(60) {
+                return Err(invalid(
+                    "policy.timeout",
+                    what("timeout must be more than zero and at most 60s"),
+                ));
+            }
+            if p.timeout < e.epoch_tick {
+                return Err(invalid(
+                    "policy.timeout",
+                    what("timeout must be at least policy_engine.epoch_tick"),
+                ));
+            }
+            if p.max_memory.0 < (1 << 20) {
+                return Err(invalid(
+                    "policy.max_memory",
+                    what("max_memory must be at least 1MiB"),
+                ));
+            }
+            if p.max_memory.0 > e.max_memory.0 {
+                return Err(invalid(
+                    "policy.max_memory",
+                    what(&format!(
+                        "max_memory ({}) is more than policy_engine.max_memory ({})",
+                        p.max_memory, e.max_memory
+                    )),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -609,6 +813,32 @@ fn find_line(text: &str, key: &str) -> usize {
                 || (key == "listener" && l.starts_with("[[listener]]"))
         })
         .map_or(0, |i| i + 1)
+}
+
+/// The line of `key` (the last segment of a dotted field) in the
+/// `index`-th `[[policy]]` table, or of that table's header, or 0.
+fn find_policy_line(text: &str, index: usize, key: &str) -> usize {
+    let key = key.rsplit('.').next().unwrap_or(key);
+    let mut seen = 0;
+    let mut header = 0;
+    for (n, line) in text.lines().enumerate() {
+        let l = line.trim_start();
+        if l.starts_with("[[policy]]") {
+            if seen == index + 1 {
+                break;
+            }
+            seen += 1;
+            header = n + 1;
+        } else if l.starts_with('[') && seen == index + 1 {
+            break;
+        } else if seen == index + 1
+            && l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return n + 1;
+        }
+    }
+    header
 }
 
 #[cfg(test)]
@@ -668,6 +898,75 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn policies() {
+        let cfg = Config::parse(
+            "data_dir = \"/var/sluice\"\n\
+             [[policy]]\nname = \"access\"\npath = \"access.wasm\"\n\
+             capabilities = [\"kv\", \"dns\"]\non_error = \"continue\"\n\
+             [policy.config]\ndeny = [\"192.0.2.0/24\"]\n\
+             [[policy]]\nname = \"spam\"\npath = \"spam.wasm\"\n\
+             max_memory = \"32MiB\"\ntimeout = \"250ms\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.policies.len(), 2);
+        let a = &cfg.policies[0];
+        assert_eq!(a.capabilities, [Capability::Kv, Capability::Dns]);
+        assert_eq!(a.on_error, OnError::Continue);
+        assert_eq!(a.max_memory, ByteSize(64 << 20));
+        assert_eq!(a.timeout, Duration::from_millis(100));
+        assert!(a.config.contains_key("deny"));
+        let b = &cfg.policies[1];
+        assert_eq!(b.on_error, OnError::Tempfail);
+        assert_eq!(b.max_memory, ByteSize(32 << 20));
+        assert_eq!(b.timeout, Duration::from_millis(250));
+        assert_eq!(
+            cfg.policy_engine.cache_dir,
+            PathBuf::from("/var/sluice/policy-cache")
+        );
+        assert_eq!(cfg.policy_engine.epoch_tick, Duration::from_millis(1));
+
+        let e = Config::parse(
+            "[[policy]]\nname = \"a\"\npath = \"a.wasm\"\n[[policy]]\nname = \"a\"\npath = \"b.wasm\"\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 5") && e.contains("used by an earlier"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "[[policy]]\nname = \"Big Name\"\npath = \"a.wasm\"\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 2") && e.contains("policy.name"), "{e}");
+        let e = Config::parse(
+            "[[policy]]\nname = \"a\"\npath = \"a.wasm\"\nmax_memory = \"1GiB\"\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("policy_engine.max_memory"), "{e}");
+        let e = Config::parse(
+            "[[policy]]\nname = \"a\"\npath = \"a.wasm\"\ncapabilities = [\"net\"]\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("net"), "{e}");
+        let e = Config::parse(
+            "[[policy]]\nname = \"a\"\npath = \"a.wasm\"\non_error = \"ignore\"\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ignore"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod config;
 pub mod delivery;
+pub mod policy;
 pub mod queue;
 pub mod server;
 pub mod smtp;

@@ -44,6 +44,61 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Work with policy components.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyAction {
+    /// Compile policy components into the compiled-code cache and check
+    /// them against this gateway's contract. A gateway with the same
+    /// [policy_engine] settings then loads them without compiling.
+    Compile {
+        /// The gateway's configuration file (for [policy_engine] and
+        /// data_dir).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Component files (.wasm).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn policy_command(action: PolicyAction) -> anyhow::Result<()> {
+    match action {
+        PolicyAction::Compile { config, files } => {
+            let cfg = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::embedded(),
+            };
+            // Compiling here serves no one: use every core.
+            let mut engine_cfg = cfg.policy_engine.clone();
+            engine_cfg.parallel_compilation = true;
+            let engine = sluice::policy::Engine::new(&engine_cfg)?;
+            for file in &files {
+                let started = std::time::Instant::now();
+                let done = engine
+                    .precompile(file)
+                    .with_context(|| format!("compiling {}", file.display()))?;
+                println!(
+                    "{}: {} (sha256 {}) in {}, {:.1?}",
+                    file.display(),
+                    if done.was_cached {
+                        "already compiled"
+                    } else {
+                        "compiled"
+                    },
+                    done.wasm_hash,
+                    done.cache_dir.display(),
+                    started.elapsed()
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +322,7 @@ fn main() -> ExitCode {
             json,
             action,
         } => queue_command(config, json, action),
+        Command::Policy { action } => policy_command(action),
         Command::DefaultConfig => {
             print!("{}", sluice::config::DEFAULT_TOML);
             Ok(())

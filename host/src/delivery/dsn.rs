@@ -821,6 +821,7 @@ mod tests {
             size: 0,
             trace_len: 0,
             held: false,
+            quarantine: None,
         }
     }
 

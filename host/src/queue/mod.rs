@@ -102,6 +102,8 @@ struct Inner {
     maildirs: Maildirs,
     /// Our listening addresses, for mail-loop detection.
     self_addrs: Vec<SocketAddr>,
+    /// Policies with a `route` hook, asked before the domain match.
+    chain: Option<Arc<crate::policy::Chain>>,
     schedule: Mutex<Schedule>,
     wake: Notify,
     /// Messages being worked on at once.
@@ -142,6 +144,8 @@ pub struct QueueParts {
     pub client: ClientConfig,
     /// Our listening addresses.
     pub self_addrs: Vec<SocketAddr>,
+    /// The policy chain, whose `route` hooks choose next hops.
+    pub chain: Option<Arc<crate::policy::Chain>>,
 }
 
 impl Queue {
@@ -187,6 +191,9 @@ impl Queue {
             client: parts.client,
             credentials,
             self_addrs: parts.self_addrs,
+            chain: parts
+                .chain
+                .filter(|c| c.handles(crate::policy::Stage::Route)),
             in_progress: tokio_util_lite::Tracker::default(),
             cfg,
         };
@@ -487,8 +494,40 @@ impl Inner {
             .collect();
         // Group the due recipients by route: one transaction per destination.
         let mut groups: Vec<(Route, Vec<usize>)> = Vec::new();
+        let env_info = crate::policy::EnvelopeInfo {
+            sender: env.sender.clone(),
+            sender_params: Vec::new(),
+            recipients: env.recipients.iter().map(|r| r.address.clone()).collect(),
+        };
         for i in due {
-            match self.router.route(&env.recipients[i].address) {
+            let route = match &self.chain {
+                Some(chain) => match chain.route(&env_info, &env.recipients[i].address).await {
+                    crate::policy::RouteDecision::Default => {
+                        self.router.route(&env.recipients[i].address)
+                    }
+                    crate::policy::RouteDecision::Route(r) => r,
+                    crate::policy::RouteDecision::Defer(reply) => {
+                        let o = Outcome::defer(
+                            reply.enhanced.unwrap_or(Enhanced(4, 3, 0)),
+                            format!("x-policy; {}", reply.summary()),
+                        );
+                        let r = &mut env.recipients[i];
+                        record(r, now, o, true);
+                        r.next_attempt = Some(
+                            now + chrono::Duration::from_std(backoff(
+                                r.attempts,
+                                self.cfg.queue.retry_initial,
+                                self.cfg.queue.retry_max,
+                            ))
+                            .unwrap_or_default(),
+                        );
+                        changed = true;
+                        continue;
+                    }
+                },
+                None => self.router.route(&env.recipients[i].address),
+            };
+            match route {
                 Route::Reject { status, text } => {
                     record(
                         &mut env.recipients[i],
@@ -682,6 +721,7 @@ impl Inner {
             size: 0,
             trace_len: 0,
             held: false,
+            quarantine: None,
         };
         self.spool
             .store(NewMessage {

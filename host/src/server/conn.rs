@@ -12,8 +12,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::stream::Stream;
-use super::{Shared, proxy, refuse};
+use super::{Shared, changes, proxy, refuse};
 use crate::config::ListenerConfig;
+use crate::policy::{ChainSession, DataOutcome, Decision, EnvelopeInfo, SessionInfo};
+use crate::smtp::command::{Body, MailParams, RcptParams, Ret};
 use crate::smtp::reply::std_replies;
 use crate::smtp::{Action, Check, Reply, ReversePath, Session, Transaction, Verdict, Waiting};
 use crate::spool::{
@@ -114,13 +116,28 @@ pub(super) async fn handle(
     tracing::debug!(client = %peer.client, listener = %local, "connected");
     let mut d = Driver {
         shared: shared.clone(),
-        peer,
+        peer: peer.clone(),
         session: Session::new(
             shared.config.session_config(!cfg.implicit_tls),
             cfg.implicit_tls,
         ),
         wbuf: Vec::with_capacity(512),
         last_id: None,
+        policies: shared.chain.as_ref().filter(|c| !c.is_empty()).map(|c| {
+            c.session(SessionInfo {
+                client_ip: peer.client.ip(),
+                client_port: peer.client.port(),
+                listener: local,
+                tls: peer
+                    .tls
+                    .as_ref()
+                    .map(|t| (t.version.clone(), t.cipher.clone())),
+                relay_client: shared.access.may_relay(peer.client.ip()),
+                helo: None,
+            })
+        }),
+        sender_params: Vec::new(),
+        data_note: None,
     };
     if !early.is_empty() {
         d.session.feed(&early);
@@ -136,6 +153,12 @@ struct Driver {
     session: Session,
     wbuf: Vec<u8>,
     last_id: Option<String>,
+    /// The policy chain for this session (the set it started with).
+    policies: Option<ChainSession>,
+    /// MAIL FROM parameters of the current transaction, for the policies.
+    sender_params: Vec<(String, String)>,
+    /// How the data stage ended when it did not simply store.
+    data_note: Option<&'static str>,
 }
 
 impl Driver {
@@ -172,7 +195,12 @@ impl Driver {
                         .answer(Verdict::Reject(std_replies::shutting_down()));
                 }
                 Action::Check(c) => {
-                    let v = self.shared.access.check(&c, self.peer.client.ip());
+                    let v = match self.shared.access.check(&c, self.peer.client.ip()) {
+                        // The built-in rules (no open relay) come first; a
+                        // policy can refuse more, never allow more.
+                        Verdict::Accept => self.ask_policies(&c).await,
+                        refused => refused,
+                    };
                     self.session.answer(v);
                 }
                 Action::Store(t) => {
@@ -182,8 +210,10 @@ impl Driver {
                 Action::Done(o) => {
                     let recipients: Vec<String> =
                         o.recipients.iter().map(|r| r.to_string()).collect();
+                    let note = self.data_note.take();
                     tracing::info!(
                         queue_id = self.last_id.take(),
+                        policy = note,
                         client = %self.peer.client.ip(),
                         sender = %display_sender(&o.from),
                         recipients = %recipients.join(","),
@@ -205,7 +235,11 @@ impl Driver {
                     .map_err(|_| {
                         std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
                     })??;
-                    self.peer.tls = Some(tls_info(&tls, false));
+                    let info = tls_info(&tls, false);
+                    if let Some(p) = &mut self.policies {
+                        p.set_tls(Some((info.version.clone(), info.cipher.clone())));
+                    }
+                    self.peer.tls = Some(info);
                     stream = Stream::Tls(Box::new(tls));
                     self.session.tls_started();
                 }
@@ -246,7 +280,85 @@ impl Driver {
         }
     }
 
-    async fn store(&mut self, t: Transaction) -> Result<String, Reply> {
+    /// Ask the policy chain about one stage.
+    async fn ask_policies(&mut self, c: &Check) -> Verdict {
+        let Some(p) = &mut self.policies else {
+            return Verdict::Accept;
+        };
+        let d = match c {
+            Check::Connect => p.connect().await,
+            Check::Helo { name } => {
+                p.set_helo(name.clone());
+                p.helo(name).await
+            }
+            Check::MailFrom { from, params } => {
+                self.sender_params = mail_params(params);
+                p.mail_from(&from.to_string(), &self.sender_params).await
+            }
+            Check::Rcpt {
+                from,
+                to,
+                params,
+                accepted,
+            } => {
+                let env = EnvelopeInfo {
+                    sender: from.to_string(),
+                    sender_params: self.sender_params.clone(),
+                    recipients: accepted.iter().map(|m| m.to_string()).collect(),
+                };
+                p.rcpt(&env, &to.to_string(), &rcpt_params(params)).await
+            }
+        };
+        match d {
+            Decision::Continue | Decision::Accept => Verdict::Accept,
+            Decision::Reject(r) | Decision::Tempfail(r) => Verdict::Reject(r),
+        }
+    }
+
+    async fn store(&mut self, mut t: Transaction) -> Result<String, Reply> {
+        let mut quarantine = None;
+        if let Some(p) = &mut self.policies {
+            let env = EnvelopeInfo {
+                sender: t.from.to_string(),
+                sender_params: self.sender_params.clone(),
+                recipients: t.recipients.iter().map(|r| r.to.to_string()).collect(),
+            };
+            let d = p.data(&env, &t.body).await;
+            match d.outcome {
+                DataOutcome::Reject(r) | DataOutcome::Tempfail(r) => {
+                    self.data_note = Some("refused");
+                    return Err(r);
+                }
+                DataOutcome::Discard => {
+                    // The client is told it was queued; nothing is kept.
+                    self.data_note = Some("discarded");
+                    return Ok(new_queue_id());
+                }
+                DataOutcome::Quarantine(reason) => {
+                    self.data_note = Some("quarantined");
+                    quarantine = Some(reason);
+                }
+                DataOutcome::Continue | DataOutcome::Accept => {}
+            }
+            if let Some(body) = changes::apply_headers(&t.body, &d.changes) {
+                t.body = body;
+            }
+            for bad in changes::apply_recipients(&mut t.recipients, &d.changes) {
+                tracing::warn!(address = %bad, "a policy added an invalid recipient; ignored");
+            }
+            if t.recipients.is_empty() {
+                self.data_note = Some("no recipients left");
+                return Ok(new_queue_id());
+            }
+        }
+        self.spool_message(t, quarantine).await
+    }
+
+    async fn spool_message(
+        &mut self,
+        t: Transaction,
+        quarantine: Option<String>,
+    ) -> Result<String, Reply> {
         let id = new_queue_id();
         let now = chrono::Utc::now();
         let trace = received_header(&self.shared.config.hostname, &self.peer, &t, &id, now);
@@ -277,7 +389,8 @@ impl Driver {
             },
             size: 0,
             trace_len: 0,
-            held: false,
+            held: quarantine.is_some(),
+            quarantine,
         };
         let msg = NewMessage {
             envelope,
@@ -296,6 +409,43 @@ impl Driver {
             }
         }
     }
+}
+
+/// MAIL FROM parameters as `(NAME, value)` pairs for the policies.
+fn mail_params(p: &MailParams) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    if let Some(size) = p.size {
+        v.push(("SIZE".into(), size.to_string()));
+    }
+    match p.body {
+        Some(Body::SevenBit) => v.push(("BODY".into(), "7BIT".into())),
+        Some(Body::EightBitMime) => v.push(("BODY".into(), "8BITMIME".into())),
+        None => {}
+    }
+    if p.smtputf8 {
+        v.push(("SMTPUTF8".into(), String::new()));
+    }
+    match p.ret {
+        Some(Ret::Full) => v.push(("RET".into(), "FULL".into())),
+        Some(Ret::Hdrs) => v.push(("RET".into(), "HDRS".into())),
+        None => {}
+    }
+    if let Some(e) = &p.envid {
+        v.push(("ENVID".into(), e.clone()));
+    }
+    v
+}
+
+/// RCPT TO parameters as `(NAME, value)` pairs for the policies.
+fn rcpt_params(p: &RcptParams) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    if let Some(n) = p.notify {
+        v.push(("NOTIFY".into(), n.to_param()));
+    }
+    if let Some(o) = &p.orcpt {
+        v.push(("ORCPT".into(), o.clone()));
+    }
+    v
 }
 
 fn display_sender(from: &ReversePath) -> String {

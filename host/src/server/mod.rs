@@ -3,6 +3,7 @@
 //! runs an [`crate::smtp::Session`] over a socket.
 
 pub mod access;
+mod changes;
 mod conn;
 pub mod limits;
 pub mod proxy;
@@ -52,6 +53,9 @@ pub enum ServerError {
     /// The admin socket could not be set up.
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    /// A policy could not be loaded.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// Everything a connection needs, shared.
@@ -63,6 +67,8 @@ pub(crate) struct Shared {
     pub(crate) per_ip: limits::PerIpLimiter,
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) queue: Queue,
+    /// The policy chain; `None` when no policy is configured.
+    pub(crate) chain: Option<Arc<crate::policy::Chain>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -130,12 +136,30 @@ impl Server {
             .iter()
             .filter_map(|(l, _)| l.local_addr().ok())
             .collect();
+        // Policies are compiled (or taken from the compiled cache) and
+        // initialised before the first session; a policy that fails to
+        // load stops the start with a message naming it.
+        let chain = if config.policies.is_empty() {
+            None
+        } else {
+            let engine = crate::policy::Engine::new(&config.policy_engine)?;
+            let services = crate::policy::Services {
+                resolver: resolver.clone(),
+                kv: Arc::new(crate::policy::KvStore::new(1_000_000, 256 << 20)),
+            };
+            let chain = engine.load_chain(&config.policies, services).await?;
+            for s in chain.stats() {
+                tracing::info!(policy = %s.name, version = %s.version, "policy loaded");
+            }
+            Some(chain)
+        };
         let queue = Queue::new(QueueParts {
             spool: spool.clone(),
             config: config.clone(),
             resolver,
             client,
             self_addrs,
+            chain: chain.clone(),
         })?;
         let admin = crate::admin::bind(&config.data_dir)?;
         let shared = Arc::new(Shared {
@@ -144,6 +168,7 @@ impl Server {
                 config.relay_networks.clone(),
             ),
             queue,
+            chain,
             spool,
             tls: TlsAcceptor::from(tls_config),
             per_ip: limits::PerIpLimiter::new(config.limits.max_connections_per_ip),

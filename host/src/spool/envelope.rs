@@ -33,9 +33,12 @@ pub struct Envelope {
     pub size: u64,
     /// Octets of our `Received:` header at the start of the `.eml` file.
     pub trace_len: u64,
-    /// Held by an operator: not delivered until released.
+    /// Held by an operator or a policy: not delivered until released.
     #[serde(default)]
     pub held: bool,
+    /// Why a policy put the message in quarantine (it is then held).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub quarantine: Option<String>,
 }
 
 impl Envelope {

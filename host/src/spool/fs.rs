@@ -371,6 +371,7 @@ mod tests {
                 size: 0,
                 trace_len: 0,
                 held: false,
+                quarantine: None,
             },
             trace: b"Received: test\r\n".to_vec(),
             body: body.as_bytes().to_vec(),

@@ -1,0 +1,232 @@
+//! Benchmarks of the policy host with the `basic` test guest
+//! (`tests/policy-guests/`, built here for `wasm32-wasip2` first):
+//!
+//! - `rcpt_warm`: one `on-rcpt` call on an instance that already exists;
+//! - `session_start`: a new session's first hook (instantiate + `init` +
+//!   `on-connect`), with the pooling allocator and with on-demand
+//!   allocation;
+//! - `chain3_message`: a chain of three policies over one whole
+//!   transaction (connect, helo, mail, two rcpt, data of 10 KB).
+//!
+//! Run with `cargo bench -p sluice --bench policy` (well under two
+//! minutes once built).
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sluice::config::{ByteSize, DnsConfig};
+use sluice::delivery::dns::StaticResolver;
+use sluice::policy::{
+    Capability, Chain, DataOutcome, Decision, Engine, EnvelopeInfo, KvStore, OnError, PolicyConfig,
+    PolicyEngineConfig, Services, SessionInfo,
+};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Build the test guests; the path of `basic`.
+fn basic_wasm() -> PathBuf {
+    let root = root();
+    let target = root.join("target").join("policy-guests");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(root.join("tests/policy-guests/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the test guests failed");
+    target.join("wasm32-wasip2/release/policy_guest_basic.wasm")
+}
+
+fn policy(name: &str, path: &Path, tag: &str) -> PolicyConfig {
+    let mut config = toml::Table::new();
+    config.insert("tag".into(), toml::Value::String(tag.into()));
+    PolicyConfig {
+        name: name.into(),
+        path: path.to_path_buf(),
+        capabilities: vec![Capability::Kv, Capability::Metrics, Capability::Clock],
+        on_error: OnError::Tempfail,
+        max_memory: ByteSize(64 << 20),
+        timeout: Duration::from_millis(100),
+        config,
+    }
+}
+
+fn services() -> Services {
+    Services {
+        resolver: Arc::new(StaticResolver::only(&DnsConfig::default())),
+        kv: Arc::new(KvStore::default()),
+    }
+}
+
+fn info() -> SessionInfo {
+    SessionInfo {
+        client_ip: "192.0.2.7".parse().unwrap(),
+        client_port: 40000,
+        listener: "127.0.0.1:2525".parse().unwrap(),
+        tls: None,
+        relay_client: false,
+        helo: None,
+    }
+}
+
+fn message(size: usize) -> Vec<u8> {
+    let mut m = b"From: Ann <ann@example.test>\r\nTo: bob@example.test\r\n\
+Subject: benchmark\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\n"
+        .to_vec();
+    while m.len() < size {
+        m.extend_from_slice(b"The quick brown fox jumps over the lazy dog, again and again.\r\n");
+    }
+    m
+}
+
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    pooled: Arc<Chain>,
+    on_demand: Arc<Chain>,
+    chain3: Arc<Chain>,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let wasm = basic_wasm();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg = PolicyEngineConfig {
+        cache_dir: dir.path().to_path_buf(),
+        ..PolicyEngineConfig::default()
+    };
+    let pooled_engine = Engine::new(&cfg).unwrap();
+    let on_demand_engine = Engine::new(&PolicyEngineConfig {
+        pooling: false,
+        ..cfg.clone()
+    })
+    .unwrap();
+    let (pooled, on_demand, chain3) = rt.block_on(async {
+        let one = [policy("basic", &wasm, "basic")];
+        let three = [
+            policy("first", &wasm, "first"),
+            policy("second", &wasm, "second"),
+            policy("third", &wasm, "third"),
+        ];
+        (
+            pooled_engine.load_chain(&one, services()).await.unwrap(),
+            on_demand_engine.load_chain(&one, services()).await.unwrap(),
+            pooled_engine.load_chain(&three, services()).await.unwrap(),
+        )
+    });
+    Setup {
+        rt,
+        pooled,
+        on_demand,
+        chain3,
+        _dir: dir,
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let s = setup();
+    let env = EnvelopeInfo {
+        sender: "s@example.test".into(),
+        sender_params: Vec::new(),
+        recipients: vec!["a@example.test".into()],
+    };
+
+    c.bench_function("rcpt_warm", |b| {
+        let mut session = s.pooled.session(info());
+        s.rt.block_on(session.connect());
+        b.iter_custom(|iters| {
+            s.rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let d = session.rcpt(&env, "x@example.test", &[]).await;
+                    assert_eq!(black_box(d), Decision::Continue);
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    let mut g = c.benchmark_group("session_start");
+    for (name, chain) in [("pooling", &s.pooled), ("on_demand", &s.on_demand)] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                s.rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let mut session = chain.session(info());
+                        assert_eq!(session.connect().await, Decision::Continue);
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+
+    let msg = message(10 * 1024);
+    c.bench_function("chain3_message", |b| {
+        b.iter_custom(|iters| {
+            s.rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let mut session = s.chain3.session(info());
+                    assert_eq!(session.connect().await, Decision::Continue);
+                    assert_eq!(session.helo("client.test").await, Decision::Continue);
+                    assert_eq!(
+                        session.mail_from("s@example.test", &[]).await,
+                        Decision::Continue
+                    );
+                    let mut e = EnvelopeInfo {
+                        sender: "s@example.test".into(),
+                        ..EnvelopeInfo::default()
+                    };
+                    for r in ["a@example.test", "b@example.test"] {
+                        assert_eq!(session.rcpt(&e, r, &[]).await, Decision::Continue);
+                        e.recipients.push(r.into());
+                    }
+                    let d = session.data(&e, &msg).await;
+                    assert_eq!(d.outcome, DataOutcome::Continue);
+                    black_box(d);
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = policy_benches;
+    config = config();
+    targets = benches
+}
+criterion_main!(policy_benches);

@@ -1,0 +1,448 @@
+//! The process-wide [`Engine`]: wasmtime configuration, the linker, the
+//! epoch ticker, the compiled-code cache, and loading a chain.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Cache, CacheConfig, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::{PolicyWorld, PolicyWorldPre};
+use super::chain::{Chain, LoadedPolicy};
+use super::host::{Grants, GuestCounters, HostState};
+use super::{
+    CONTRACT_PACKAGE, CONTRACT_VERSION, PolicyConfig, PolicyEngineConfig, PolicyError, Services,
+    Stage,
+};
+
+/// Core instances, memories and tables a component may hold per pool
+/// slot of `max_instances` (a Rust `wasm32-wasip2` component has one memory
+/// and a handful of core instances; scripting-language ones a few more).
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 4;
+
+/// The policy runtime of a process (see the [module documentation](super)).
+///
+/// Make one per process and share it by reference or `Arc`; every chain
+/// loaded from it shares its instance pool and cache. The epoch ticker
+/// stops once the engine and every chain loaded from it are dropped.
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.inner.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct EngineInner {
+    pub(crate) wasm: wasmtime::Engine,
+    pub(crate) linker: Linker<HostState>,
+    pub(crate) cfg: PolicyEngineConfig,
+    cache: Cache,
+}
+
+/// What [`Engine::precompile`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Precompiled {
+    /// SHA-256 of the component, hex.
+    pub wasm_hash: String,
+    /// The cache folder the compiled code is in.
+    pub cache_dir: PathBuf,
+    /// It was already there (nothing compiled).
+    pub was_cached: bool,
+}
+
+fn engine_err(e: wasmtime::Error) -> PolicyError {
+    PolicyError::Engine(one_line(&e))
+}
+
+/// An error and its causes on one line, bounded (wasmtime's messages may
+/// span lines, e.g. byte dumps).
+pub(crate) fn one_line(e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}");
+    let mut out = String::with_capacity(text.len().min(1024));
+    for word in text.split_whitespace() {
+        if out.len() + word.len() + 1 > 1024 {
+            out.push_str(" …");
+            break;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
+}
+
+impl Engine {
+    /// Configure wasmtime (pooling allocator unless `pooling = false`, epoch
+    /// interruption, no component-model concurrency), link every host import
+    /// and WASI, open the cache in `cfg.cache_dir` (created if missing), and
+    /// start the epoch ticker thread.
+    pub fn new(cfg: &PolicyEngineConfig) -> Result<Engine, PolicyError> {
+        let dir = if cfg.cache_dir.as_os_str().is_empty() {
+            PathBuf::from("./sluice-data/policy-cache")
+        } else {
+            cfg.cache_dir.clone()
+        };
+        let dir = std::path::absolute(&dir).map_err(|e| PolicyError::Cache {
+            dir: dir.clone(),
+            cause: e.to_string(),
+        })?;
+        let mut cache_cfg = CacheConfig::new();
+        cache_cfg.with_directory(&dir);
+        let cache = Cache::new(cache_cfg).map_err(|e| PolicyError::Cache {
+            dir: dir.clone(),
+            cause: one_line(&e),
+        })?;
+
+        let max_memory = cfg.max_memory.0;
+        let mut c = wasmtime::Config::new();
+        c.wasm_component_model(true)
+            .concurrency_support(false)
+            .epoch_interruption(true)
+            .parallel_compilation(cfg.parallel_compilation)
+            // The slot size: no memory grows past it, so reserving exactly it
+            // keeps the address space of a big pool modest.
+            .memory_reservation(max_memory)
+            .memory_reservation_for_growth(0)
+            .cache(Some(cache.clone()));
+        if cfg.pooling {
+            let n = cfg.max_instances;
+            let mut pool = PoolingAllocationConfig::new();
+            pool.total_component_instances(n)
+                .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+                .total_memories(n.saturating_mul(MEMORIES_PER_COMPONENT))
+                .total_tables(n.saturating_mul(TABLES_PER_COMPONENT))
+                .total_stacks(n)
+                .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
+            c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let wasm = wasmtime::Engine::new(&c).map_err(engine_err)?;
+
+        let mut linker = Linker::<HostState>::new(&wasm);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+        PolicyWorld::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(engine_err)?;
+
+        start_ticker(&wasm, cfg.epoch_tick)?;
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                wasm,
+                linker,
+                cfg: PolicyEngineConfig {
+                    cache_dir: dir,
+                    ..cfg.clone()
+                },
+                cache,
+            }),
+        })
+    }
+
+    /// The cache folder in use (absolute).
+    pub fn cache_dir(&self) -> &Path {
+        &self.inner.cfg.cache_dir
+    }
+
+    /// Compilations taken from the cache and made afresh (written to it)
+    /// by this engine so far.
+    pub fn cache_counts(&self) -> (usize, usize) {
+        (
+            self.inner.cache.cache_hits(),
+            self.inner.cache.cache_misses(),
+        )
+    }
+
+    /// Load `policies` in order into a chain. Compilation (or a cache load)
+    /// runs on a dedicated thread; then each component is checked against
+    /// the contract, pre-linked, and `describe` and `init` run in a
+    /// throwaway instance. The first failure refuses the whole chain, with
+    /// an error naming the policy and the cause.
+    pub async fn load_chain(
+        &self,
+        policies: &[PolicyConfig],
+        services: Services,
+    ) -> Result<Arc<Chain>, PolicyError> {
+        let mut loaded = Vec::with_capacity(policies.len());
+        for p in policies {
+            let mut policy = self.load_one(p).await?;
+            Chain::prepare(&self.inner, &mut policy, &services).await?;
+            loaded.push(policy);
+        }
+        Ok(Arc::new(Chain::new(self.inner.clone(), loaded, services)))
+    }
+
+    async fn load_one(&self, p: &PolicyConfig) -> Result<LoadedPolicy, PolicyError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let inner = self.inner.clone();
+        let name = p.name.clone();
+        let path = p.path.clone();
+        std::thread::Builder::new()
+            .name(format!("sluice-compile-{}", p.name))
+            .spawn(move || {
+                let _ = tx.send(compile(&inner, &name, &path));
+            })
+            .map_err(|e| PolicyError::Thread {
+                policy: p.name.clone(),
+                cause: e.to_string(),
+            })?;
+        let (component, wasm_hash) = rx.await.map_err(|_| PolicyError::Thread {
+            policy: p.name.clone(),
+            cause: "the compile thread ended without an answer".into(),
+        })??;
+        let pre = link(&self.inner, &p.name, &component)?;
+        Ok(LoadedPolicy {
+            name: Arc::from(p.name.as_str()),
+            version: String::new(),
+            wasm_hash,
+            stages: 0,
+            pre,
+            on_error: p.on_error,
+            grants: Grants::from(&p.capabilities),
+            // The pool slot is a hard ceiling anyway; the config check
+            // refuses a bigger cap, this covers configs built in code.
+            max_memory: usize::try_from(p.max_memory.0.min(self.inner.cfg.max_memory.0))
+                .unwrap_or(usize::MAX),
+            timeout: p.timeout,
+            config_json: config_json(&p.config),
+            counters: Arc::new(GuestCounters::default()),
+            stats: Default::default(),
+        })
+    }
+
+    /// Compile `wasm` into the cache (for `sluice policy compile`) and check
+    /// it links against this contract. Blocking: call it outside async code.
+    pub fn precompile(&self, wasm: &Path) -> Result<Precompiled, PolicyError> {
+        let name = wasm
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (hits, _) = self.cache_counts();
+        let (component, wasm_hash) = compile(&self.inner, &name, wasm)?;
+        link(&self.inner, &name, &component)?;
+        Ok(Precompiled {
+            wasm_hash,
+            cache_dir: self.inner.cfg.cache_dir.clone(),
+            was_cached: self.cache_counts().0 > hits,
+        })
+    }
+}
+
+/// Advance the epoch every `tick` on a thread of its own (outside tokio),
+/// until the engine is gone.
+fn start_ticker(engine: &wasmtime::Engine, tick: Duration) -> Result<(), PolicyError> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("sluice-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(tick);
+                match weak.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| PolicyError::Engine(format!("cannot start the epoch ticker: {e}")))
+}
+
+/// Read and compile (or take from the cache). Runs off the async workers.
+fn compile(
+    inner: &EngineInner,
+    policy: &str,
+    path: &Path,
+) -> Result<(Component, String), PolicyError> {
+    let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
+        policy: policy.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let hash = hex(&Sha256::digest(&bytes));
+    let component = Component::new(&inner.wasm, &bytes).map_err(|e| PolicyError::Compile {
+        policy: policy.to_string(),
+        path: path.to_path_buf(),
+        cause: one_line(&e),
+    })?;
+    Ok((component, hash))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Check the contract version, then pre-link.
+fn link(
+    inner: &EngineInner,
+    policy: &str,
+    component: &Component,
+) -> Result<PolicyWorldPre<HostState>, PolicyError> {
+    check_contract(&inner.wasm, policy, component)?;
+    let pre = inner
+        .linker
+        .instantiate_pre(component)
+        .map_err(|e| PolicyError::Link {
+            policy: policy.to_string(),
+            cause: one_line(&e),
+        })?;
+    PolicyWorldPre::new(pre).map_err(|e| PolicyError::NotAPolicy {
+        policy: policy.to_string(),
+        cause: one_line(&e),
+    })
+}
+
+/// The versions this host accepts, as said in errors: `0.1.x`.
+fn accepted_range() -> String {
+    let (major, minor, _) = parse_version(CONTRACT_VERSION).unwrap_or((0, 0, 0));
+    if major == 0 {
+        format!("{CONTRACT_PACKAGE}@0.{minor}.x")
+    } else {
+        format!("{CONTRACT_PACKAGE}@{major}.x")
+    }
+}
+
+fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
+    let core = v.split(['-', '+']).next()?;
+    let mut it = core.split('.').map(|n| n.parse::<u64>().ok());
+    let v = (it.next()??, it.next()??, it.next()??);
+    it.next().is_none().then_some(v)
+}
+
+/// Semver compatibility as wasmtime links it: the same major, and before
+/// 1.0 the same minor.
+fn compatible(found: (u64, u64, u64), ours: (u64, u64, u64)) -> bool {
+    if ours.0 == 0 {
+        found.0 == 0 && found.1 == ours.1
+    } else {
+        found.0 == ours.0
+    }
+}
+
+/// Find the `sluice:policy` version the component imports and exports; if
+/// one is not compatible with ours, say which. A component that exports no
+/// `sluice:policy/policy` at all is not a policy.
+fn check_contract(
+    engine: &wasmtime::Engine,
+    policy: &str,
+    component: &Component,
+) -> Result<(), PolicyError> {
+    let ours = parse_version(CONTRACT_VERSION).unwrap_or((0, 0, 0));
+    let ty = component.component_type();
+    let prefix = format!("{CONTRACT_PACKAGE}/");
+    let names: Vec<(String, bool)> = ty
+        .imports(engine)
+        .map(|(n, _)| (n.to_string(), false))
+        .chain(
+            ty.exports(engine)
+                .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
+                .map(|(n, _)| (n.to_string(), true)),
+        )
+        .collect();
+    let mut exports_policy = false;
+    for (name, is_export) in &names {
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let (iface, version) = rest.split_once('@').unwrap_or((rest, ""));
+        if *is_export && iface == "policy" {
+            exports_policy = true;
+        }
+        let found = parse_version(version);
+        if found.is_none_or(|f| !compatible(f, ours)) {
+            return Err(PolicyError::IncompatibleContract {
+                policy: policy.to_string(),
+                found: if version.is_empty() {
+                    format!("{CONTRACT_PACKAGE} without a version")
+                } else {
+                    format!("{CONTRACT_PACKAGE}@{version}")
+                },
+                expected: accepted_range(),
+            });
+        }
+    }
+    if !exports_policy {
+        return Err(PolicyError::NotAPolicy {
+            policy: policy.to_string(),
+            cause: format!(
+                "the component exports no {CONTRACT_PACKAGE}/policy interface \
+                 (is it built against the wit/ of this gateway?)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The `[policy.config]` table as the JSON object `init` receives.
+fn config_json(table: &toml::Table) -> String {
+    fn conv(v: &toml::Value) -> serde_json::Value {
+        match v {
+            toml::Value::String(s) => serde_json::Value::String(s.clone()),
+            toml::Value::Integer(i) => serde_json::Value::from(*i),
+            toml::Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+            toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
+            toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+            toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(conv).collect()),
+            toml::Value::Table(t) => {
+                serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), conv(v))).collect())
+            }
+        }
+    }
+    let obj: serde_json::Map<String, serde_json::Value> =
+        table.iter().map(|(k, v)| (k.clone(), conv(v))).collect();
+    serde_json::Value::Object(obj).to_string()
+}
+
+/// The stages in a bit set, from a description.
+pub(crate) fn stage_bits(stages: &[Stage]) -> u8 {
+    stages.iter().fold(0, |acc, s| acc | s.bit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("0.1.0"), Some((0, 1, 0)));
+        assert_eq!(parse_version("1.2.3-rc.1"), Some((1, 2, 3)));
+        assert_eq!(parse_version("1.2"), None);
+        assert!(compatible((0, 1, 7), (0, 1, 0)));
+        assert!(!compatible((0, 2, 0), (0, 1, 0)));
+        assert!(!compatible((1, 0, 0), (0, 1, 0)));
+        assert!(compatible((1, 9, 0), (1, 0, 0)));
+        assert!(!compatible((2, 0, 0), (1, 0, 0)));
+        assert_eq!(accepted_range(), "sluice:policy@0.1.x");
+    }
+
+    #[test]
+    fn contract_version_matches_wit() {
+        let package = include_str!("../../../wit/package.wit");
+        assert!(
+            package.contains(&format!("package {CONTRACT_PACKAGE}@{CONTRACT_VERSION};")),
+            "CONTRACT_VERSION must match wit/package.wit"
+        );
+    }
+
+    #[test]
+    fn config_as_json() {
+        let t: toml::Table = toml::from_str(
+            "a = 1\nb = \"x\"\nc = [true, 1.5]\nd = 1979-05-27T07:32:00Z\n[e]\nf = \"g\"\n",
+        )
+        .unwrap();
+        let j: serde_json::Value = serde_json::from_str(&config_json(&t)).unwrap();
+        assert_eq!(
+            j,
+            serde_json::json!({"a": 1, "b": "x", "c": [true, 1.5], "d": "1979-05-27T07:32:00Z", "e": {"f": "g"}})
+        );
+        assert_eq!(config_json(&toml::Table::new()), "{}");
+    }
+}
