@@ -17,6 +17,7 @@ mod delivery;
 mod delivery_dsn;
 mod delivery_queue;
 mod durability;
+mod policy_faults;
 mod protocol;
 mod proxy;
 mod smuggling;
