@@ -8,6 +8,8 @@
 //!   per-connection driver that runs a [`smtp::Session`] over a socket.
 //! - [`spool`] — the durable spool: a message and its envelope are on disk
 //!   and fsync'd before the `250`.
+//! - [`policy`] — the WebAssembly policy runtime: the wasmtime engine, the
+//!   chain consulted at each stage, host capabilities, the message resource.
 //! - [`queue`] — the queue: routing, scheduling, retries, bounces.
 //! - [`delivery`] — how mail leaves: Maildir/LMTP, the SMTP client, DNS,
 //!   DSNs.
