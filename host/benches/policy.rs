@@ -11,9 +11,11 @@
 //! Run with `cargo bench -p sluice --bench policy` (well under two
 //! minutes once built).
 
+#[path = "../../tests/policy-guests/locate.rs"]
+mod guests;
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,36 +27,9 @@ use sluice::policy::{
     PolicyEngineConfig, Services, SessionInfo,
 };
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
 /// Build the test guests; the path of `basic`.
 fn basic_wasm() -> PathBuf {
-    let root = root();
-    let target = root.join("target").join("policy-guests");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(root.join("tests/policy-guests/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the test guests failed");
-    target.join("wasm32-wasip2/release/policy_guest_basic.wasm")
+    guests::guest_wasm("basic")
 }
 
 fn policy(name: &str, path: &Path, tag: &str) -> PolicyConfig {

@@ -4,40 +4,17 @@
 //! and the gateway keeps serving — the same session and others.
 
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Sandbox, SmtpConn, repo_root};
+use crate::harness::{Sandbox, SmtpConn};
 
-/// Build `tests/policy-guests` once per test process (a nested cargo with
-/// its own target folder); the path of the `faulty` component.
-fn faulty_wasm() -> &'static PathBuf {
-    static WASM: OnceLock<PathBuf> = OnceLock::new();
-    WASM.get_or_init(|| {
-        let root = repo_root();
-        let target = root.join("target").join("policy-guests");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(root.join("tests/policy-guests/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .status()
-            .expect("run cargo to build tests/policy-guests");
-        assert!(status.success(), "building tests/policy-guests failed");
-        target.join("wasm32-wasip2/release/policy_guest_faulty.wasm")
-    })
+#[path = "../policy-guests/locate.rs"]
+mod guests;
+
+/// The `faulty` test component (built once per test process).
+fn faulty_wasm() -> PathBuf {
+    guests::guest_wasm("faulty")
 }
 
 fn config(sb: &Sandbox, on_error: &str) -> String {

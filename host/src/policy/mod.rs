@@ -86,6 +86,9 @@
 mod bindings;
 mod chain;
 mod engine;
+#[cfg(test)]
+#[path = "../../../tests/policy-guests/locate.rs"]
+mod guests;
 mod host;
 mod kv;
 mod message;

@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -12,41 +11,8 @@ use crate::config::ByteSize;
 use crate::delivery::dns::{DnsError, DnsFuture, Mx, Resolver};
 use crate::smtp::Enhanced;
 
-/// Build the guests once per test process; the folder of the `.wasm` files.
-fn guests() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("the workspace root")
-            .to_path_buf();
-        let target = root.join("target").join("policy-guests");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(root.join("tests/policy-guests"))
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(root.join("tests/policy-guests/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .status()
-            .expect("run cargo to build the test guests");
-        assert!(status.success(), "building tests/policy-guests failed");
-        target.join("wasm32-wasip2").join("release")
-    })
-}
-
 fn wasm(name: &str) -> PathBuf {
-    guests().join(format!("policy_guest_{}.wasm", name.replace('-', "_")))
+    guests::guest_wasm(name)
 }
 
 /// A cache folder shared by the tests of this process, so each guest is
