@@ -512,6 +512,7 @@ impl Inner {
                             format!("x-policy; {}", reply.summary()),
                         );
                         let r = &mut env.recipients[i];
+                        log_outcome(&env.id, &r.address, &o);
                         record(r, now, o, true);
                         r.next_attempt = Some(
                             now + chrono::Duration::from_std(backoff(
@@ -529,12 +530,9 @@ impl Inner {
             };
             match route {
                 Route::Reject { status, text } => {
-                    record(
-                        &mut env.recipients[i],
-                        now,
-                        Outcome::fail(status, text),
-                        false,
-                    );
+                    let o = Outcome::fail(status, text);
+                    log_outcome(&env.id, &env.recipients[i].address, &o);
+                    record(&mut env.recipients[i], now, o, false);
                     changed = true;
                 }
                 route => match groups.iter_mut().find(|(r, _)| *r == route) {
