@@ -10,6 +10,8 @@
 
 mod delivery_kit;
 mod dnsd;
+#[path = "../policy-guests/locate.rs"]
+mod guests;
 mod harness;
 
 mod cli;
@@ -18,6 +20,7 @@ mod delivery_dsn;
 mod delivery_queue;
 mod durability;
 mod policy_faults;
+mod policy_rewrite;
 mod protocol;
 mod proxy;
 mod smuggling;

@@ -7,10 +7,8 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::guests;
 use crate::harness::{Sandbox, SmtpConn};
-
-#[path = "../policy-guests/locate.rs"]
-mod guests;
 
 /// The `faulty` test component (built once per test process).
 fn faulty_wasm() -> PathBuf {
