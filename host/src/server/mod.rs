@@ -142,6 +142,23 @@ impl Server {
         let chain = if config.policies.is_empty() {
             None
         } else {
+            // Each session holds one instance per policy it calls; past the
+            // pool's size a call fails and the policy's on_error applies.
+            let needed = config
+                .limits
+                .max_connections
+                .saturating_mul(config.policies.len());
+            if config.policy_engine.pooling
+                && (config.policy_engine.max_instances as usize) < needed
+            {
+                tracing::warn!(
+                    max_instances = config.policy_engine.max_instances,
+                    max_connections = config.limits.max_connections,
+                    policies = config.policies.len(),
+                    "[policy_engine] max_instances is below max_connections x policies: \
+                     under full load some policy calls will fail (and apply on_error)"
+                );
+            }
             let engine = crate::policy::Engine::new(&config.policy_engine)?;
             let services = crate::policy::Services {
                 resolver: resolver.clone(),
