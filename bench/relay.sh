@@ -19,7 +19,10 @@
 #                  (static [dns]), mx_port = the sink's port, tls = "none"
 #   * sluice+chain the same plus three shipped policies: access, rate-limit
 #                  (kv, clock; limits never reached) and header-rules (one
-#                  rule that never matches, one add_header), precompiled
+#                  rule that never matches, one add_header), precompiled;
+#                  a fresh instance of each policy per session (the default)
+#   * sluice+reuse the same chain with reuse_instances = true: warm, init'ed
+#                  instances handed from session to session
 #   * postfix      a private Postfix instance (own config and queue under the
 #                  temp dir) with relayhost = [127.0.0.1]:<sink port>
 # The time of a run is from just before smtp-source starts until the sink
@@ -246,7 +249,7 @@ run_direct() { # conc size n rep
 # ---------------------------------------------------------------- sluice
 POLICY_CACHE=""
 
-write_chain() { # file: appends the policy chain
+write_chain() { # file reuse(true|false): appends the policy chain
     cat >>"$1" <<EOF
 
 [policy_engine]
@@ -254,6 +257,7 @@ cache_dir = "$POLICY_CACHE"
 
 [[policy]]
 name = "access"
+reuse_instances = $2
 path = "$WASM_DIR/access.wasm"
 on_error = "tempfail"
 [policy.config]
@@ -261,6 +265,7 @@ deny_networks = ["192.0.2.0/24"]     # TEST-NET-1: nobody here; everything is al
 
 [[policy]]
 name = "rate-limit"
+reuse_instances = $2
 path = "$WASM_DIR/rate_limit.wasm"
 capabilities = ["kv", "clock"]
 on_error = "tempfail"
@@ -271,6 +276,7 @@ recipients_per_sender_domain = 100000000
 
 [[policy]]
 name = "header-rules"
+reuse_instances = $2
 path = "$WASM_DIR/header_rules.wasm"
 on_error = "tempfail"
 [[policy.config.rules]]
@@ -285,7 +291,7 @@ add = "X-Relay-Bench: chain"
 EOF
 }
 
-write_sluice_config() { # dir port chain(0|1)
+write_sluice_config() { # dir port chain(0: none, 1: fresh instances, 2: reused)
     local dir="$1" port="$2" chain="$3"
     cat >"$dir/sluice.toml" <<EOF
 data_dir = "$dir/data"
@@ -319,7 +325,10 @@ tls = "none"                 # TLS cost would dominate; measured without it
 [log]
 level = "warn"
 EOF
-    [ "$chain" = 0 ] || write_chain "$dir/sluice.toml"
+    case "$chain" in
+        1) write_chain "$dir/sluice.toml" false ;;
+        2) write_chain "$dir/sluice.toml" true ;;
+    esac
 }
 
 precompile_policies() {
@@ -338,7 +347,8 @@ precompile_policies() {
 
 run_sluice() { # chain(0|1) conc size n rep
     local chain="$1" conc="$2" size="$3" n="$4" rep="$5"
-    local relay="sluice"; [ "$chain" = 0 ] || relay="sluice+chain"
+    local relay="sluice"
+    case "$chain" in 1) relay="sluice+chain" ;; 2) relay="sluice+reuse" ;; esac
     local dir="$WORK/sluice-ch$chain-c$conc-s$size-r$rep" port
     mkdir -p "$dir"
     port="$(free_port)"
@@ -515,7 +525,7 @@ if [ "$WITH_POSTFIX" = 1 ]; then
     fi
 fi
 
-RELAYS=(direct sluice sluice+chain)
+RELAYS=(direct sluice sluice+chain sluice+reuse)
 [ "$WITH_POSTFIX" = 0 ] || RELAYS+=(postfix)
 
 for size in "${SIZES[@]}"; do
@@ -526,6 +536,7 @@ for size in "${SIZES[@]}"; do
             # Interleaved so that background load hits all relays alike.
             run_sluice 0 "$conc" "$size" "$n" "$rep"
             run_sluice 1 "$conc" "$size" "$n" "$rep"
+            run_sluice 2 "$conc" "$size" "$n" "$rep"
             if [ "$WITH_POSTFIX" = 1 ]; then run_postfix "$conc" "$size" "$n" "$rep"; fi
         done
     done
@@ -578,15 +589,15 @@ for size in "${SIZES[@]}"; do
 done
 
 echo
-echo "Policy chain overhead (sluice+chain vs sluice, median msgs/s; positive = the chain is slower):"
+echo "Policy chain overhead (vs sluice without policies, median msgs/s; positive = the chain is slower):"
 echo
-echo "| concurrency | size | sluice msgs/s | sluice+chain msgs/s | overhead |"
-echo "|---|---|---|---|---|"
+echo "| concurrency | size | sluice msgs/s | sluice+chain msgs/s | overhead (fresh instances) | sluice+reuse msgs/s | overhead (reused instances) |"
+echo "|---|---|---|---|---|---|---|"
+overhead() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%+.1f %%", 100 * (a - b) / a; else print "-" }'; }
 for size in "${SIZES[@]}"; do
     for conc in "${CONCURRENCY[@]}"; do
-        a="$(rate_of sluice "$conc" "$size")"; b="$(rate_of sluice+chain "$conc" "$size")"
-        o="$(awk -v a="$a" -v b="$b" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%+.1f %%", 100 * (a - b) / a; else print "-" }')"
-        echo "| $conc | $(size_label "$size") | $a | $b | $o |"
+        a="$(rate_of sluice "$conc" "$size")"; b="$(rate_of sluice+chain "$conc" "$size")"; c="$(rate_of sluice+reuse "$conc" "$size")"
+        echo "| $conc | $(size_label "$size") | $a | $b | $(overhead "$a" "$b") | $c | $(overhead "$a" "$c") |"
     done
 done
 

@@ -7,6 +7,12 @@
 //!   allocation;
 //! - `chain3_message`: a chain of three policies over one whole
 //!   transaction (connect, helo, mail, two rcpt, data of 10 KB).
+//! - `shipped_chain`: the chain of `bench/relay.sh` (the shipped `access`,
+//!   `rate-limit` and `header-rules`, same config) over one whole
+//!   one-message session of 1 KB, with a fresh instance of each policy per
+//!   session (the default) and with `reuse_instances`. Needs the shipped
+//!   policies built first (`cargo build --release -p sluice-policy-build`);
+//!   skipped with a note otherwise.
 //!
 //! Run with `cargo bench -p sluice --bench policy` (well under two
 //! minutes once built).
@@ -42,6 +48,7 @@ fn policy(name: &str, path: &Path, tag: &str) -> PolicyConfig {
         on_error: OnError::Tempfail,
         max_memory: ByteSize(64 << 20),
         timeout: Duration::from_millis(100),
+        reuse_instances: false,
         config,
     }
 }
@@ -192,6 +199,104 @@ fn benches(c: &mut Criterion) {
     });
 }
 
+/// The shipped policies' folder, when they have been built.
+fn shipped_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/policies/wasm32-wasip2/release")
+        .canonicalize()
+        .ok()?;
+    ["access", "rate_limit", "header_rules"]
+        .iter()
+        .all(|w| dir.join(format!("{w}.wasm")).is_file())
+        .then_some(dir)
+}
+
+/// The chain of `bench/relay.sh`: limits never reached, rules that never
+/// reject.
+fn shipped_chain(dir: &Path, reuse: bool) -> Vec<PolicyConfig> {
+    let table = |t: &str| -> toml::Table { toml::from_str(t).unwrap() };
+    let mut access = policy("access", &dir.join("access.wasm"), "");
+    // TEST-NET-3: not the client (192.0.2.7), so nothing is denied.
+    access.config = table(r#"deny_networks = ["203.0.113.0/24"]"#);
+    let mut rate = policy("rate-limit", &dir.join("rate_limit.wasm"), "");
+    rate.config = table(
+        "window = \"1h\"\nmessages_per_ip = 100000000\nrecipients_per_sender_domain = 100000000",
+    );
+    let mut rules = policy("header-rules", &dir.join("header_rules.wasm"), "");
+    rules.config = table(
+        r#"
+[[rules]]
+header = "Subject"
+pattern = "(?i)xyzzy-never-matches"
+action = "reject"
+[[rules]]
+header = "From"
+pattern = "@"
+action = "add_header"
+add = "X-Relay-Bench: chain"
+"#,
+    );
+    let mut chain = vec![access, rate, rules];
+    for p in &mut chain {
+        p.reuse_instances = reuse;
+    }
+    chain
+}
+
+fn shipped_benches(c: &mut Criterion) {
+    let Some(dir) = shipped_dir() else {
+        eprintln!(
+            "shipped_chain: skipped, the shipped policies are not built \
+             (cargo build --release -p sluice-policy-build)"
+        );
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let engine = Engine::new(&PolicyEngineConfig {
+        cache_dir: cache.path().to_path_buf(),
+        ..PolicyEngineConfig::default()
+    })
+    .unwrap();
+    let msg = message(1024);
+    let mut g = c.benchmark_group("shipped_chain");
+    for (name, reuse) in [("fresh", false), ("reuse", true)] {
+        let chain = rt
+            .block_on(engine.load_chain(&shipped_chain(&dir, reuse), services()))
+            .unwrap();
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let mut session = chain.session(info());
+                        assert_eq!(session.connect().await, Decision::Continue);
+                        assert_eq!(session.helo("client.test").await, Decision::Continue);
+                        let d = session.mail_from("s@example.test", &[]).await;
+                        assert_eq!(d, Decision::Continue);
+                        let mut e = EnvelopeInfo {
+                            sender: "s@example.test".into(),
+                            ..EnvelopeInfo::default()
+                        };
+                        let d = session.rcpt(&e, "b@relay.test", &[]).await;
+                        assert_eq!(d, Decision::Continue);
+                        e.recipients.push("b@relay.test".into());
+                        let d = session.data(&e, &msg).await;
+                        assert_eq!(d.outcome, DataOutcome::Continue);
+                        assert_eq!(d.changes.len(), 1);
+                        black_box(d);
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(20)
@@ -202,6 +307,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = policy_benches;
     config = config();
-    targets = benches
+    targets = benches, shipped_benches
 }
 criterion_main!(policy_benches);

@@ -121,6 +121,11 @@ pub struct PolicyConfig {
     /// CPU time one hook call may take (its running time, in epoch ticks).
     #[serde(default = "default_policy_timeout", with = "humantime_de")]
     pub timeout: Duration,
+    /// Keep `init`ed instances warm and hand them to later sessions
+    /// instead of a fresh instance per session. Only for policies that keep
+    /// no per-session state in their own memory (see README, Policies).
+    #[serde(default)]
+    pub reuse_instances: bool,
     /// Handed to the policy's `init` as a JSON object.
     #[serde(default)]
     pub config: toml::Table,

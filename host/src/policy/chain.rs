@@ -30,6 +30,13 @@ const MAX_HEADER_VALUE: usize = 8 * 1024;
 const MAX_CHANGES: usize = 100;
 /// Messages larger than this are parsed on the blocking pool.
 const PARSE_INLINE_MAX: usize = 256 * 1024;
+/// Most idle warm instances kept per policy with `reuse_instances`.
+pub(crate) const WARM_IDLE_MAX: usize = 64;
+/// A reused instance is retired after this many sessions...
+const REUSE_MAX_SESSIONS: u32 = 1000;
+/// ...or once its linear memory has grown this much past its size after
+/// `init`, so that a guest leaking memory cannot hold it for long.
+const REUSE_MAX_GROWTH: usize = 8 << 20;
 
 /// Per-policy counters.
 #[derive(Debug, Default)]
@@ -47,6 +54,7 @@ pub(crate) struct Counters {
     traps: AtomicU64,
     memory: AtomicU64,
     instantiations: AtomicU64,
+    reused: AtomicU64,
     nanos: AtomicU64,
 }
 
@@ -68,11 +76,38 @@ pub(crate) struct LoadedPolicy {
     pub(crate) config_json: String,
     pub(crate) counters: Arc<GuestCounters>,
     pub(crate) stats: Counters,
+    /// `reuse_instances`: sessions take `init`ed instances from `warm` and
+    /// give them back when they end.
+    pub(crate) reuse: bool,
+    pub(crate) warm: std::sync::Mutex<Vec<Instance>>,
 }
 
 impl LoadedPolicy {
     fn declares(&self, stage: Stage) -> bool {
         self.stages & stage.bit() != 0
+    }
+
+    fn warm(&self) -> std::sync::MutexGuard<'_, Vec<Instance>> {
+        self.warm.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Give back an instance a session (or a route call) is done with:
+    /// kept warm when the policy reuses instances and the instance is not
+    /// worn out, dropped otherwise. Only instances whose every call
+    /// succeeded come here (a failed call drops its instance).
+    fn check_in(&self, mut inst: Instance) {
+        if !self.reuse {
+            return;
+        }
+        inst.uses += 1;
+        let grown = inst.store.data().limiter.peak > inst.base_memory + REUSE_MAX_GROWTH;
+        if inst.uses >= REUSE_MAX_SESSIONS || grown {
+            return;
+        }
+        let mut warm = self.warm();
+        if warm.len() < WARM_IDLE_MAX {
+            warm.push(inst);
+        }
     }
 }
 
@@ -96,10 +131,15 @@ impl std::fmt::Debug for Chain {
     }
 }
 
-/// A policy's live instance in one session.
-struct Instance {
+/// A policy's live instance: in one session, or idle in its policy's warm
+/// list (`reuse_instances`).
+pub(crate) struct Instance {
     store: Store<HostState>,
     world: PolicyWorld,
+    /// Sessions that have used it (with `reuse_instances`).
+    uses: u32,
+    /// Its largest linear memory right after `init`.
+    base_memory: usize,
 }
 
 /// One call into a guest, with its arguments.
@@ -182,10 +222,15 @@ impl Chain {
             let started = Instant::now();
             bump(&p.stats.calls);
             let phase = Phase::Stage(Stage::Route);
-            let answer = match self.instantiate(p, phase, true).await {
+            let answer = match self.check_out(p, phase).await {
                 Ok(mut inst) => {
-                    self.call(p, &mut inst, phase, Call::Route(&envelope, rcpt))
-                        .await
+                    let r = self
+                        .call(p, &mut inst, phase, Call::Route(&envelope, rcpt))
+                        .await;
+                    if r.is_ok() {
+                        p.check_in(inst);
+                    }
+                    r
                 }
                 Err(e) => Err(e),
             };
@@ -256,6 +301,7 @@ impl Chain {
                     traps: get(&s.traps),
                     memory_limits: get(&s.memory),
                     instantiations: get(&s.instantiations),
+                    reused: get(&s.reused),
                     mean_call_time: Duration::from_nanos(get(&s.nanos) / calls.max(1)),
                     counters: p
                         .counters
@@ -334,6 +380,19 @@ impl Chain {
         (ticks, io, wall)
     }
 
+    /// An `init`ed instance of `p`: a warm one when the policy reuses
+    /// instances and one is idle, else a fresh one.
+    async fn check_out(&self, p: &LoadedPolicy, phase: Phase) -> Result<Instance, CallError> {
+        if p.reuse {
+            let idle = p.warm().pop();
+            if let Some(inst) = idle {
+                bump(&p.stats.reused);
+                return Ok(inst);
+            }
+        }
+        self.instantiate(p, phase, true).await
+    }
+
     /// A fresh instance of `p` (and `init` in it when `run_init`).
     async fn instantiate(
         &self,
@@ -373,7 +432,12 @@ impl Chain {
             }
             Ok(Ok(w)) => w,
         };
-        let mut inst = Instance { store, world };
+        let mut inst = Instance {
+            store,
+            world,
+            uses: 0,
+            base_memory: 0,
+        };
         if run_init {
             match self
                 .call(p, &mut inst, phase, Call::Init(&p.config_json))
@@ -384,6 +448,7 @@ impl Chain {
                 _ => unreachable_answer(),
             }
         }
+        inst.base_memory = inst.store.data().limiter.peak;
         Ok(inst)
     }
 
@@ -769,6 +834,18 @@ impl std::fmt::Debug for ChainSession {
     }
 }
 
+impl Drop for ChainSession {
+    /// The session is over: instances of policies that reuse them go back
+    /// to their warm lists; the others are dropped.
+    fn drop(&mut self) {
+        for (p, slot) in self.chain.policies.iter().zip(self.instances.iter_mut()) {
+            if let Some(inst) = slot.take() {
+                p.check_in(inst);
+            }
+        }
+    }
+}
+
 impl ChainSession {
     /// The session as policies see it.
     pub fn info(&self) -> &SessionInfo {
@@ -968,7 +1045,7 @@ async fn call_in_session(
     let phase = Phase::Stage(stage);
     let result = async {
         if slot.is_none() {
-            *slot = Some(chain.instantiate(p, phase, true).await?);
+            *slot = Some(chain.check_out(p, phase).await?);
         }
         let inst = slot.as_mut().expect("an instance was just made");
         chain.call(p, inst, phase, call).await

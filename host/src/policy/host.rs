@@ -92,6 +92,8 @@ pub(crate) struct Limiter {
     max_memory: usize,
     /// The size a refused growth asked for.
     pub(crate) refused: Option<usize>,
+    /// The largest size any memory of the instance has grown to.
+    pub(crate) peak: usize,
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
@@ -105,6 +107,7 @@ impl wasmtime::ResourceLimiter for Limiter {
             self.refused = Some(desired);
             return Ok(false);
         }
+        self.peak = self.peak.max(desired);
         Ok(true)
     }
 
@@ -306,6 +309,7 @@ impl HostState {
             limiter: Limiter {
                 max_memory,
                 refused: None,
+                peak: 0,
             },
             wasi: b.build(),
             table: ResourceTable::new(),

@@ -320,8 +320,12 @@ pub struct PolicyStats {
     /// Calls that failed at the memory cap.
     pub memory_limits: u64,
     /// Instances made (one per session that called the policy, plus one
-    /// after each failure, plus one per route call).
+    /// after each failure, plus one per route call), except those taken
+    /// warm (`reused`).
     pub instantiations: u64,
+    /// Warm instances handed to a session or route call
+    /// (`reuse_instances`).
+    pub reused: u64,
     /// Mean time of a hook call.
     pub mean_call_time: Duration,
     /// The policy's own counters (`metrics` capability), named

@@ -112,6 +112,7 @@ fn policy(name: &str, guest: &str, config: serde_json::Value) -> PolicyConfig {
         on_error: OnError::Tempfail,
         max_memory: ByteSize(64 << 20),
         timeout: Duration::from_millis(100),
+        reuse_instances: false,
         config,
     }
 }
@@ -633,6 +634,66 @@ async fn a_trap_follows_on_error_and_the_next_call_gets_a_fresh_instance() {
         chain.route(&e, "x@x.test").await,
         RouteDecision::Defer(_)
     ));
+}
+
+#[tokio::test]
+async fn reused_instances_are_warm_and_failed_ones_are_not_reused() {
+    let e = env(&[]);
+    let calls = |d: Decision| reply_of(&d).2;
+    // Default: a fresh instance per session; the guest's memory starts over.
+    let chain = load(&[policy("b", "basic", serde_json::json!({}))]).await;
+    for _ in 0..3 {
+        let mut s = chain.session(info());
+        assert_eq!(calls(s.rcpt(&e, "calls@x.test", &[]).await), "calls 1");
+        assert_eq!(calls(s.rcpt(&e, "calls@x.test", &[]).await), "calls 2");
+    }
+    assert_eq!(chain.stats()[0].reused, 0);
+
+    // reuse_instances: the next session gets the same warm instance.
+    let mut p = policy("b", "basic", serde_json::json!({}));
+    p.reuse_instances = true;
+    let chain = load(&[p.clone()]).await;
+    for n in 1..=3 {
+        let mut s = chain.session(info());
+        assert_eq!(
+            calls(s.rcpt(&e, "calls@x.test", &[]).await),
+            format!("calls {n}")
+        );
+    }
+    // Two sessions at once: the second needs an instance of its own.
+    let mut a = chain.session(info());
+    let mut b = chain.session(info());
+    assert_eq!(calls(a.rcpt(&e, "calls@x.test", &[]).await), "calls 4");
+    assert_eq!(calls(b.rcpt(&e, "calls@x.test", &[]).await), "calls 1");
+    drop((a, b));
+    let st = &chain.stats()[0];
+    // load + the first session + the concurrent one.
+    assert_eq!((st.instantiations, st.reused), (3, 3));
+    // Route calls take warm instances too.
+    assert_eq!(
+        chain.route(&e, "x@local.test").await,
+        RouteDecision::Route(Route::Local)
+    );
+    assert_eq!(chain.stats()[0].reused, 4);
+
+    // An instance whose call failed is dropped, never handed on.
+    let mut f = policy("f", "faulty", serde_json::json!({}));
+    f.reuse_instances = true;
+    let chain = load(&[f]).await;
+    let mut s = chain.session(info());
+    assert_eq!(s.rcpt(&e, "ok@x.test", &[]).await, Decision::Continue);
+    assert!(matches!(
+        s.rcpt(&e, "trap@x.test", &[]).await,
+        Decision::Tempfail(_)
+    ));
+    drop(s);
+    assert_eq!(
+        chain.session(info()).rcpt(&e, "ok@x.test", &[]).await,
+        Decision::Continue
+    );
+    let st = &chain.stats()[0];
+    // load + first + a fresh one for the next session: none was warm.
+    assert_eq!((st.instantiations, st.reused), (3, 0));
 }
 
 #[tokio::test(flavor = "current_thread")]

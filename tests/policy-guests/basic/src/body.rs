@@ -10,7 +10,9 @@
 //   reject4xx (a reject with a 4xx code, for the host to correct).
 // - mail-from `reject@…` → 550 5.7.1; rcpt local parts: `blocked` → 550
 //   5.7.1, `temp` → 451 4.7.1, `wrongclass` → reject with 450 and no
-//   enhanced code, `accept`, `discard`, `quarantine` → those verdicts.
+//   enhanced code, `accept`, `discard`, `quarantine` → those verdicts,
+//   `calls` → 451 4.7.1 "calls N", N counting such calls in this instance
+//   (1 in a fresh instance; more when the host reuses instances).
 // - data: adds `X-Policy: <tag>`, and one header per host capability with
 //   its outcome (`X-Kv`, `X-Dns`, `X-Clock`, `X-Metrics`: "ok:…",
 //   "denied" or "error:…"), and headers from the message resource
@@ -33,6 +35,7 @@ use sluice::policy::types::{
 };
 
 static CONFIG: OnceLock<serde_json::Value> = OnceLock::new();
+static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn config() -> &'static serde_json::Value {
     CONFIG.get_or_init(|| serde_json::json!({}))
@@ -142,6 +145,10 @@ impl Guest for Basic {
             "temp" => Verdict::Tempfail(reply(451, "4.7.1", "try later")),
             "wrongclass" => Verdict::Reject(reply(450, "", "wrong class")),
             "accept" => Verdict::Accept,
+            "calls" => {
+                let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                Verdict::Tempfail(reply(451, "4.7.1", &format!("calls {n}")))
+            }
             "discard" => Verdict::Discard,
             "quarantine" => Verdict::Quarantine("held".to_string()),
             "count" => {
