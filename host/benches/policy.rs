@@ -49,6 +49,9 @@ fn policy(name: &str, path: &Path, tag: &str) -> PolicyConfig {
         max_memory: ByteSize(64 << 20),
         timeout: Duration::from_millis(100),
         reuse_instances: false,
+        candidate: None,
+        candidate_mode: Default::default(),
+        canary_percent: 10,
         config,
     }
 }

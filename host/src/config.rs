@@ -101,7 +101,7 @@ pub struct Config {
 }
 
 /// One `[[policy]]`: a WebAssembly policy component in the chain.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// The policy's name in logs, metrics and the key-value namespace:
@@ -126,6 +126,19 @@ pub struct PolicyConfig {
     /// no per-session state in their own memory (see README, Policies).
     #[serde(default)]
     pub reuse_instances: bool,
+    /// A candidate version of this policy (another `.wasm`), run with the
+    /// same config, capabilities and limits: in `shadow` mode beside the
+    /// active version on every session (its verdicts are logged and
+    /// counted as differences, never enforced); in `canary` mode instead
+    /// of it for `canary_percent` of new sessions.
+    #[serde(default)]
+    pub candidate: Option<PathBuf>,
+    /// How the candidate runs.
+    #[serde(default)]
+    pub candidate_mode: CandidateMode,
+    /// The share of new sessions a `canary` candidate takes, 1 to 100.
+    #[serde(default = "default_canary_percent")]
+    pub canary_percent: u8,
     /// Handed to the policy's `init` as a JSON object.
     #[serde(default)]
     pub config: toml::Table,
@@ -145,6 +158,21 @@ pub enum Capability {
     Kv,
     /// DNS lookups through the gateway's resolver (`sluice:policy/dns`).
     Dns,
+}
+
+fn default_canary_percent() -> u8 {
+    10
+}
+
+/// How a policy's candidate version runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CandidateMode {
+    /// Beside the active version, never enforced.
+    #[default]
+    Shadow,
+    /// Instead of the active version, for a share of new sessions.
+    Canary,
 }
 
 /// What a failed policy call means for the stage.
@@ -184,6 +212,9 @@ pub struct PolicyEngineConfig {
     /// Compile with every core (faster, but competes with serving); off:
     /// one background thread.
     pub parallel_compilation: bool,
+    /// Reload the policies when a policy file or the config file changes
+    /// (besides SIGHUP and `sluice policy reload`).
+    pub watch: bool,
 }
 
 impl Default for PolicyEngineConfig {
@@ -196,6 +227,7 @@ impl Default for PolicyEngineConfig {
             max_instances: 1000,
             max_memory: ByteSize(128 << 20),
             parallel_compilation: false,
+            watch: true,
         }
     }
 }
@@ -754,6 +786,15 @@ impl Config {
             }
             if p.path.as_os_str().is_empty() {
                 return Err(invalid("policy.path", what("path is empty")));
+            }
+            if p.candidate.as_ref().is_some_and(|c| c.as_os_str().is_empty()) {
+                return Err(invalid("policy.candidate", what("candidate is empty")));
+            }
+            if !(1..=100).contains(&p.canary_percent) {
+                return Err(invalid(
+                    "policy.canary_percent",
+                    what("canary_percent must be 1 to 100"),
+                ));
             }
             if p.timeout.is_zero() || p.timeout > Duration::from_secs(60) {
                 return Err(invalid(

@@ -65,6 +65,74 @@ enum PolicyAction {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Reload the policies of a running gateway now: its config file's
+    /// chain is loaded (changed policies compiled, instantiated, init'ed)
+    /// and swapped in for new sessions; on any failure the running
+    /// policies stay and the reason is printed.
+    Reload {
+        /// The gateway's configuration file (for its data folder).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The policies in force in a running gateway: version, load time,
+    /// calls, verdicts, errors, timeouts, mean call time.
+    Status {
+        /// The gateway's configuration file (for its data folder).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn admin_request(
+    config: Option<&PathBuf>,
+    req: &sluice::admin::Request,
+) -> anyhow::Result<serde_json::Value> {
+    let cfg = match config {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded(),
+    };
+    sluice::admin::request(&cfg.data_dir, req).with_context(|| {
+        format!(
+            "is sluice running with data_dir {}?",
+            cfg.data_dir.display()
+        )
+    })
+}
+
+fn print_policy_stats(p: &serde_json::Value, indent: &str) {
+    let v = &p["verdicts"];
+    println!(
+        "{indent}{} {} (sha256 {:.12}…, loaded {})",
+        p["name"].as_str().unwrap_or("?"),
+        p["version"].as_str().unwrap_or("?"),
+        p["wasm_hash"].as_str().unwrap_or("?"),
+        p["loaded_at"].as_str().unwrap_or("?")
+    );
+    println!(
+        "{indent}  calls {}  continue {}  accept {}  reject {}  tempfail {}  discard {}  quarantine {}  route {}",
+        p["calls"],
+        v["continue"],
+        v["accept"],
+        v["reject"],
+        v["tempfail"],
+        v["discard"],
+        v["quarantine"],
+        v["route"]
+    );
+    println!(
+        "{indent}  errors {}  timeouts {}  traps {}  memory_limits {}  mean call {:.1} µs",
+        p["errors"],
+        p["timeouts"],
+        p["traps"],
+        p["memory_limits"],
+        p["mean_call_us"].as_f64().unwrap_or(0.0)
+    );
 }
 
 fn policy_command(action: PolicyAction) -> anyhow::Result<()> {
@@ -94,6 +162,87 @@ fn policy_command(action: PolicyAction) -> anyhow::Result<()> {
                     done.wasm_hash,
                     done.cache_dir.display(),
                     started.elapsed()
+                );
+            }
+            Ok(())
+        }
+        PolicyAction::Reload { config, json } => {
+            let answer = admin_request(config.as_ref(), &sluice::admin::Request::PolicyReload);
+            let answer = match answer {
+                Ok(a) => a,
+                Err(e) => {
+                    // The gateway's refusal: say it as it is.
+                    return Err(anyhow::anyhow!("reload refused: {}", e.root_cause()));
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+                return Ok(());
+            }
+            println!(
+                "{} in {:.0} ms",
+                if answer["swapped"] == serde_json::json!(true) {
+                    "reloaded: new sessions use the new policies"
+                } else {
+                    "nothing changed"
+                },
+                answer["took_ms"].as_f64().unwrap_or(0.0)
+            );
+            for p in answer["policies"].as_array().into_iter().flatten() {
+                println!(
+                    "  {} {} (sha256 {:.12}…){}",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["version"].as_str().unwrap_or("?"),
+                    p["wasm_hash"].as_str().unwrap_or("?"),
+                    if p["loaded"] == serde_json::json!(true) {
+                        " loaded"
+                    } else {
+                        " unchanged"
+                    }
+                );
+            }
+            for s in answer["needs_restart"].as_array().into_iter().flatten() {
+                println!("  [{}] changed: needs a restart", s.as_str().unwrap_or("?"));
+            }
+            Ok(())
+        }
+        PolicyAction::Status { config, json } => {
+            let answer = admin_request(config.as_ref(), &sluice::admin::Request::PolicyStatus)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+                return Ok(());
+            }
+            let policies = answer["policies"].as_array().cloned().unwrap_or_default();
+            if policies.is_empty() {
+                println!("no policies");
+            }
+            for p in &policies {
+                print_policy_stats(p, "");
+                if p["candidate"].is_object() {
+                    let c = &p["candidate"];
+                    println!(
+                        "  candidate ({}{}), {} difference(s):",
+                        c["mode"].as_str().unwrap_or("?"),
+                        if c["mode"] == "canary" {
+                            format!(" {}%", c["canary_percent"])
+                        } else {
+                            String::new()
+                        },
+                        c["differences"]
+                    );
+                    print_policy_stats(c, "    ");
+                }
+            }
+            println!(
+                "reloads: {} ({} refused)",
+                answer["reloads"], answer["reload_failures"]
+            );
+            if let Some(l) = answer["last_reload"].as_object() {
+                println!(
+                    "last reload: {} by {}: {}",
+                    l["at"].as_str().unwrap_or("?"),
+                    l["trigger"].as_str().unwrap_or("?"),
+                    l["result"].as_str().unwrap_or("?")
                 );
             }
             Ok(())
@@ -269,18 +418,28 @@ fn serve(config: Option<PathBuf>, log_format: Option<LogFormat>) -> anyhow::Resu
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let server = sluice::server::Server::bind(cfg).await?;
+        let server = sluice::server::Server::bind_from(cfg, config).await?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         // Install the handlers before serving, so a signal that comes at
         // once still means "shut down cleanly", never the default action.
-        let signals = Signals::install().context("installing signal handlers")?;
+        let mut signals = Signals::install().context("installing signal handlers")?;
+        let reloader = server.reloader();
         tokio::spawn(async move {
-            let signal = signals.wait().await;
-            tracing::info!(
-                signal,
-                "shutting down: no new connections, finishing messages in flight"
-            );
-            let _ = tx.send(true);
+            loop {
+                let signal = signals.wait().await;
+                if signal == "SIGHUP" {
+                    let reloader = reloader.clone();
+                    // The outcome is logged by the reloader.
+                    tokio::spawn(async move { reloader.reload("SIGHUP").await });
+                    continue;
+                }
+                tracing::info!(
+                    signal,
+                    "shutting down: no new connections, finishing messages in flight"
+                );
+                let _ = tx.send(true);
+                break;
+            }
         });
         server.run(rx).await;
         tracing::info!("stopped");
@@ -291,6 +450,7 @@ fn serve(config: Option<PathBuf>, log_format: Option<LogFormat>) -> anyhow::Resu
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -299,13 +459,15 @@ impl Signals {
         Ok(Self {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
-    async fn wait(mut self) -> &'static str {
+    async fn wait(&mut self) -> &'static str {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
         }
     }
 }

@@ -19,6 +19,7 @@ mod delivery;
 mod delivery_dsn;
 mod delivery_queue;
 mod durability;
+mod hot_swap;
 mod policy_faults;
 mod policy_rewrite;
 mod protocol;

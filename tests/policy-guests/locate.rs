@@ -43,7 +43,7 @@ pub(crate) fn guests_dir() -> &'static Path {
 }
 
 /// The component of the test guest `name` (`basic`, `faulty`,
-/// `other-major`).
+/// `other-major`, `versioned`).
 pub(crate) fn guest_wasm(name: &str) -> PathBuf {
     guests_dir().join(format!("policy_guest_{}.wasm", name.replace('-', "_")))
 }

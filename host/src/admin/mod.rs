@@ -4,7 +4,8 @@
 //!
 //! Requests: `{"op":"list"}`, `{"op":"show","id":ID}`,
 //! `{"op":"retry","id":ID}` (or no id: all), `{"op":"delete","id":ID}`,
-//! `{"op":"hold","id":ID}`, `{"op":"release","id":ID}`. Answers carry
+//! `{"op":"hold","id":ID}`, `{"op":"release","id":ID}`,
+//! `{"op":"policy_reload"}`, `{"op":"policy_status"}`. Answers carry
 //! `"ok": true` and the data, or `"ok": false` and `"error"`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -17,7 +18,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
+use crate::policy::Reloader;
 use crate::queue::Queue;
+use std::sync::Arc;
 
 /// The socket's path for a data folder.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -56,6 +59,12 @@ pub enum Request {
         /// Queue id.
         id: String,
     },
+    /// Reload the policies (and the config file's policy chain) now.
+    #[serde(rename = "policy_reload")]
+    PolicyReload,
+    /// The policies in force and their figures.
+    #[serde(rename = "policy_status")]
+    PolicyStatus,
 }
 
 /// Admin errors.
@@ -77,8 +86,13 @@ pub enum AdminError {
     BadAnswer(String),
 }
 
-async fn answer(queue: &Queue, req: Request) -> Value {
+async fn answer(queue: &Queue, reloader: &Reloader, req: Request) -> Value {
     let result = match req {
+        Request::PolicyReload => match reloader.reload("sluice policy reload").await {
+            Ok(r) => Ok(crate::policy::report_json(&r)),
+            Err(e) => return json!({ "ok": false, "error": e }),
+        },
+        Request::PolicyStatus => Ok(reloader.status()),
         Request::List => queue.list().await.map(|m| json!({ "messages": m })),
         Request::Show { id } => queue
             .show(&id)
@@ -121,7 +135,12 @@ pub fn bind(data_dir: &Path) -> Result<UnixListener, AdminError> {
 }
 
 /// Serve admin requests until shutdown.
-pub async fn serve(listener: UnixListener, queue: Queue, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: UnixListener,
+    queue: Queue,
+    reloader: Arc<Reloader>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -136,6 +155,7 @@ pub async fn serve(listener: UnixListener, queue: Queue, mut shutdown: watch::Re
             }
         };
         let queue = queue.clone();
+        let reloader = reloader.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut lines = tokio::io::BufReader::new(r).take(64 * 1024).lines();
@@ -144,7 +164,7 @@ pub async fn serve(listener: UnixListener, queue: Queue, mut shutdown: watch::Re
                     let reply = match serde_json::from_str::<Request>(&line) {
                         Ok(req) => {
                             tracing::debug!(?req, "admin request");
-                            answer(&queue, req).await
+                            answer(&queue, &reloader, req).await
                         }
                         Err(e) => json!({ "ok": false, "error": format!("bad request: {e}") }),
                     };

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use wasmtime::component::Resource;
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -17,6 +17,7 @@ use super::{
     CallError, Change, DataDecision, DataOutcome, Decision, EnvelopeInfo, OnError, PolicyError,
     PolicyStats, RouteDecision, Services, SessionInfo, Stage, VerdictCounts,
 };
+use crate::config::{CandidateMode, PolicyConfig};
 use crate::delivery::{Route, TlsMode};
 use crate::smtp::{Enhanced, Reply};
 
@@ -80,11 +81,34 @@ pub(crate) struct LoadedPolicy {
     /// give them back when they end.
     pub(crate) reuse: bool,
     pub(crate) warm: std::sync::Mutex<Vec<Instance>>,
+    /// Its `[[policy]]` entry: a reload keeps this loaded version when the
+    /// entry and the component's hash are unchanged.
+    pub(crate) cfg: PolicyConfig,
+    /// When this version was loaded.
+    pub(crate) loaded_at: SystemTime,
+    /// A candidate version (shadow or canary), when configured.
+    pub(crate) candidate: Option<Candidate>,
+}
+
+/// A candidate version of a policy and how it runs.
+pub(crate) struct Candidate {
+    pub(crate) policy: Arc<LoadedPolicy>,
+    pub(crate) mode: CandidateMode,
+    pub(crate) percent: u8,
+    /// Shadow calls whose outcome differed from the active version's.
+    pub(crate) differences: AtomicU64,
 }
 
 impl LoadedPolicy {
     fn declares(&self, stage: Stage) -> bool {
         self.stages & stage.bit() != 0
+    }
+
+    /// The candidate, when it runs in shadow mode.
+    fn shadow(&self) -> Option<&Candidate> {
+        self.candidate
+            .as_ref()
+            .filter(|c| c.mode == CandidateMode::Shadow)
     }
 
     fn warm(&self) -> std::sync::MutexGuard<'_, Vec<Instance>> {
@@ -115,9 +139,11 @@ impl LoadedPolicy {
 /// by the sessions that started with it (see [`Chain::session`]).
 pub struct Chain {
     engine: Arc<EngineInner>,
-    pub(crate) policies: Vec<LoadedPolicy>,
+    pub(crate) policies: Vec<Arc<LoadedPolicy>>,
     services: Services,
     stages: u8,
+    /// Sessions started on this chain (spreads canary sessions evenly).
+    sessions: AtomicU64,
 }
 
 impl std::fmt::Debug for Chain {
@@ -171,15 +197,18 @@ enum Answer {
 impl Chain {
     pub(crate) fn new(
         engine: Arc<EngineInner>,
-        policies: Vec<LoadedPolicy>,
+        policies: Vec<Arc<LoadedPolicy>>,
         services: Services,
     ) -> Self {
-        let stages = policies.iter().fold(0, |acc, p| acc | p.stages);
+        let stages = policies.iter().fold(0, |acc, p| {
+            acc | p.stages | p.candidate.as_ref().map_or(0, |c| c.policy.stages)
+        });
         Self {
             engine,
             policies,
             services,
             stages,
+            sessions: AtomicU64::new(0),
         }
     }
 
@@ -202,11 +231,28 @@ impl Chain {
     /// A view of this chain for one SMTP session. Instances are made lazily
     /// and dropped with the returned value.
     pub fn session(self: &Arc<Self>, info: SessionInfo) -> ChainSession {
+        let n = self.sessions.fetch_add(1, Ordering::Relaxed);
+        // A canary takes session n when (37 n) mod 100 is below its
+        // percentage: exactly its share of every hundred sessions (37 and
+        // 100 are coprime), spread through the hundred, not in a run.
+        let slot = n.wrapping_mul(37) % 100;
+        let picks = self
+            .policies
+            .iter()
+            .map(|p| match &p.candidate {
+                Some(c) if c.mode == CandidateMode::Canary && slot < u64::from(c.percent) => {
+                    c.policy.clone()
+                }
+                _ => p.clone(),
+            })
+            .collect();
         ChainSession {
             chain: self.clone(),
             session: wit_session(&info),
             info,
+            picks,
             instances: (0..self.policies.len()).map(|_| None).collect(),
+            shadows: (0..self.policies.len()).map(|_| None).collect(),
         }
     }
 
@@ -219,61 +265,86 @@ impl Chain {
         }
         let envelope = wit_envelope(env);
         for p in self.policies.iter().filter(|p| p.declares(Stage::Route)) {
-            let started = Instant::now();
-            bump(&p.stats.calls);
-            let phase = Phase::Stage(Stage::Route);
-            let answer = match self.check_out(p, phase).await {
-                Ok(mut inst) => {
-                    let r = self
-                        .call(p, &mut inst, phase, Call::Route(&envelope, rcpt))
-                        .await;
-                    if r.is_ok() {
-                        p.check_in(inst);
-                    }
-                    r
-                }
-                Err(e) => Err(e),
-            };
-            record_time(p, started);
-            let route = match answer {
-                Ok(Answer::Route(r)) => convert_route(p, r),
-                Ok(_) => Err(CallError::Invalid("unexpected answer".into())),
-                Err(e) => Err(e),
-            };
+            let route = self.route_one(p, &envelope, rcpt).await;
+            if let Some(c) = p.shadow().filter(|c| c.policy.declares(Stage::Route)) {
+                let other = self.route_one(&c.policy, &envelope, rcpt).await;
+                compare(c, Stage::Route, &route, &other);
+            }
             match route {
-                Ok(None) => bump(&p.stats.continued),
+                Ok(None) => {}
                 Ok(Some(r)) => {
-                    bump(if matches!(r, Route::Reject { .. }) {
-                        &p.stats.rejected
-                    } else {
-                        &p.stats.routed
-                    });
                     tracing::debug!(target: "sluice::policy", policy = &*p.name, stage = "route", rcpt, route = ?r, "route");
                     return RouteDecision::Route(r);
                 }
-                Err(e) => {
-                    record_failure(p, phase, &e);
-                    match p.on_error {
-                        OnError::Continue => {}
-                        OnError::Tempfail => return RouteDecision::Defer(error_tempfail()),
-                        OnError::Reject => {
-                            return RouteDecision::Route(Route::Reject {
-                                status: Enhanced(5, 7, 1),
-                                text: "policy error".into(),
-                            });
-                        }
+                Err(_) => match p.on_error {
+                    OnError::Continue => {}
+                    OnError::Tempfail => return RouteDecision::Defer(error_tempfail()),
+                    OnError::Reject => {
+                        return RouteDecision::Route(Route::Reject {
+                            status: Enhanced(5, 7, 1),
+                            text: "policy error".into(),
+                        });
                     }
-                }
+                },
             }
         }
         RouteDecision::Default
     }
 
+    /// One policy's answer for one recipient's next hop (counted, failures
+    /// recorded; `on_error` is for the caller).
+    async fn route_one(
+        &self,
+        p: &LoadedPolicy,
+        envelope: &types::Envelope,
+        rcpt: &str,
+    ) -> Result<Option<Route>, CallError> {
+        let started = Instant::now();
+        bump(&p.stats.calls);
+        let phase = Phase::Stage(Stage::Route);
+        let answer = match self.check_out(p, phase).await {
+            Ok(mut inst) => {
+                let r = self
+                    .call(p, &mut inst, phase, Call::Route(envelope, rcpt))
+                    .await;
+                if r.is_ok() {
+                    p.check_in(inst);
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        record_time(p, started);
+        let route = match answer {
+            Ok(Answer::Route(r)) => convert_route(p, r),
+            Ok(_) => Err(CallError::Invalid("unexpected answer".into())),
+            Err(e) => Err(e),
+        };
+        match &route {
+            Ok(None) => bump(&p.stats.continued),
+            Ok(Some(Route::Reject { .. })) => bump(&p.stats.rejected),
+            Ok(Some(_)) => bump(&p.stats.routed),
+            Err(e) => record_failure(p, phase, e),
+        }
+        route
+    }
+
     /// What each policy has done so far, in chain order.
     pub fn stats(&self) -> Vec<PolicyStats> {
-        self.policies
-            .iter()
-            .map(|p| {
+        self.policies.iter().map(|p| stats_of(p)).collect()
+    }
+
+    /// The loaded version of the policy named `name`, for a reload that
+    /// finds its entry and component unchanged.
+    pub(crate) fn find(&self, name: &str) -> Option<&Arc<LoadedPolicy>> {
+        self.policies.iter().find(|p| &*p.name == name)
+    }
+}
+
+fn stats_of(p: &LoadedPolicy) -> PolicyStats {
+    {
+        {
+            {
                 let s = &p.stats;
                 let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
                 let calls = get(&s.calls);
@@ -309,11 +380,22 @@ impl Chain {
                         .into_iter()
                         .map(|(k, v)| (format!("{prefix}_{k}"), v))
                         .collect(),
+                    loaded_at: p.loaded_at,
+                    candidate: p.candidate.as_ref().map(|c| {
+                        Box::new(super::CandidateStats {
+                            mode: c.mode,
+                            percent: c.percent,
+                            differences: c.differences.load(Ordering::Relaxed),
+                            stats: stats_of(&c.policy),
+                        })
+                    }),
                 }
-            })
-            .collect()
+            }
+        }
     }
+}
 
+impl Chain {
     /// Instantiate, `describe` and `init` one policy in a throwaway
     /// instance; keep what it declared. Part of loading.
     pub(crate) async fn prepare(
@@ -818,7 +900,12 @@ pub struct ChainSession {
     chain: Arc<Chain>,
     info: SessionInfo,
     session: types::Session,
+    /// Per chain position, the version this session runs: the active one,
+    /// or a canary candidate (chosen at the session's start).
+    picks: Vec<Arc<LoadedPolicy>>,
     instances: Vec<Option<Instance>>,
+    /// Instances of shadow candidates.
+    shadows: Vec<Option<Instance>>,
 }
 
 impl std::fmt::Debug for ChainSession {
@@ -838,9 +925,13 @@ impl Drop for ChainSession {
     /// The session is over: instances of policies that reuse them go back
     /// to their warm lists; the others are dropped.
     fn drop(&mut self) {
-        for (p, slot) in self.chain.policies.iter().zip(self.instances.iter_mut()) {
-            if let Some(inst) = slot.take() {
+        for (i, p) in self.picks.iter().enumerate() {
+            if let Some(inst) = self.instances[i].take() {
                 p.check_in(inst);
+            }
+            if let (Some(inst), Some(c)) = (self.shadows[i].take(), self.chain.policies[i].shadow())
+            {
+                c.policy.check_in(inst);
             }
         }
     }
@@ -878,10 +969,18 @@ impl ChainSession {
         let Self {
             chain,
             session,
+            picks,
             instances,
+            shadows,
             ..
         } = self;
-        run_stage(chain, instances, Stage::Connect, Call::Connect(session)).await
+        let mut slots = Slots {
+            chain,
+            picks,
+            instances,
+            shadows,
+        };
+        run_stage(&mut slots, Stage::Connect, Call::Connect(session)).await
     }
 
     /// EHLO/HELO with `name` (also recorded as the session's HELO name).
@@ -895,10 +994,18 @@ impl ChainSession {
         let Self {
             chain,
             session,
+            picks,
             instances,
+            shadows,
             ..
         } = self;
-        run_stage(chain, instances, Stage::Helo, Call::Helo(session, name)).await
+        let mut slots = Slots {
+            chain,
+            picks,
+            instances,
+            shadows,
+        };
+        run_stage(&mut slots, Stage::Helo, Call::Helo(session, name)).await
     }
 
     /// MAIL FROM `sender` (empty for `<>`) with its parameters.
@@ -910,11 +1017,19 @@ impl ChainSession {
         let Self {
             chain,
             session,
+            picks,
             instances,
+            shadows,
             ..
         } = self;
+        let mut slots = Slots {
+            chain,
+            picks,
+            instances,
+            shadows,
+        };
         let call = Call::MailFrom(session, sender, &params);
-        run_stage(chain, instances, Stage::MailFrom, call).await
+        run_stage(&mut slots, Stage::MailFrom, call).await
     }
 
     /// RCPT TO `rcpt`; `env.recipients` holds those accepted before it.
@@ -932,11 +1047,19 @@ impl ChainSession {
         let Self {
             chain,
             session,
+            picks,
             instances,
+            shadows,
             ..
         } = self;
+        let mut slots = Slots {
+            chain,
+            picks,
+            instances,
+            shadows,
+        };
         let call = Call::Rcpt(session, &envelope, rcpt, &params);
-        run_stage(chain, instances, Stage::Rcpt, call).await
+        run_stage(&mut slots, Stage::Rcpt, call).await
     }
 
     /// The whole message has arrived. It is parsed once (on the blocking
@@ -965,61 +1088,29 @@ impl ChainSession {
         let Self {
             chain,
             session,
+            picks,
             instances,
+            shadows,
             ..
         } = self;
+        let mut slots = Slots {
+            chain,
+            picks,
+            instances,
+            shadows,
+        };
         let stage = Stage::Data;
-        for (i, p) in chain.policies.iter().enumerate() {
-            if !p.declares(stage) {
-                continue;
-            }
+        for i in 0..slots.picks.len() {
             let call = Call::Data(session, &envelope, parsed.clone());
-            let answer = match call_in_session(chain, p, &mut instances[i], stage, call).await {
-                Ok(Answer::Data(d)) => d,
-                Ok(_) => unreachable_answer(),
-                Err(_) => match p.on_error {
-                    OnError::Continue => continue,
-                    OnError::Tempfail => {
-                        decision.outcome = DataOutcome::Tempfail(error_tempfail());
-                        break;
-                    }
-                    OnError::Reject => {
-                        decision.outcome = DataOutcome::Reject(error_reject());
-                        break;
-                    }
-                },
+            let Some((outcome, changes)) = slots.call(i, stage, call, data_outcome).await else {
+                continue;
             };
-            convert_changes(p, answer.changes, &mut decision.changes);
-            let s = &p.stats;
-            let outcome = match &answer.verdict {
-                types::Verdict::Continue => {
-                    bump(&s.continued);
-                    continue;
-                }
-                types::Verdict::Accept => {
-                    bump(&s.accepted);
-                    DataOutcome::Accept
-                }
-                types::Verdict::Reject(r) => {
-                    bump(&s.rejected);
-                    DataOutcome::Reject(fix_reply(p, stage, r, 5))
-                }
-                types::Verdict::Tempfail(r) => {
-                    bump(&s.tempfailed);
-                    DataOutcome::Tempfail(fix_reply(p, stage, r, 4))
-                }
-                types::Verdict::Discard => {
-                    bump(&s.discarded);
-                    DataOutcome::Discard
-                }
-                types::Verdict::Quarantine(reason) => {
-                    bump(&s.quarantined);
-                    DataOutcome::Quarantine(clean(reason, MAX_REASON))
-                }
-            };
-            tracing::debug!(target: "sluice::policy", policy = &*p.name, stage = "data", outcome = ?outcome, "decided");
-            decision.outcome = outcome;
-            break;
+            decision.changes.extend(changes);
+            if let Some(outcome) = outcome {
+                tracing::debug!(target: "sluice::policy", policy = &*slots.picks[i].name, stage = "data", outcome = ?outcome, "decided");
+                decision.outcome = outcome;
+                break;
+            }
         }
         if !matches!(
             decision.outcome,
@@ -1061,30 +1152,140 @@ async fn call_in_session(
     result
 }
 
-/// Run the policies that declared `stage`, in order, until one decides.
-async fn run_stage(
-    chain: &Chain,
-    instances: &mut [Option<Instance>],
-    stage: Stage,
-    call: Call<'_>,
-) -> Decision {
-    for (i, p) in chain.policies.iter().enumerate() {
-        if !p.declares(stage) {
-            continue;
+/// The per-session state of the chain's positions: which version runs,
+/// and the instances of the active (or canary) and shadow versions.
+struct Slots<'a> {
+    chain: &'a Chain,
+    picks: &'a [Arc<LoadedPolicy>],
+    instances: &'a mut [Option<Instance>],
+    shadows: &'a mut [Option<Instance>],
+}
+
+impl Slots<'_> {
+    /// Call position `i` with `call` if its version declared `stage`, and
+    /// say what that policy alone decides (`judge` turns its answer, or
+    /// failure, into an outcome). A shadow candidate gets the same call;
+    /// a difference in outcome is logged and counted, never enforced.
+    /// `None`: the policy did not declare the stage.
+    async fn call<T: std::fmt::Debug + PartialEq>(
+        &mut self,
+        i: usize,
+        stage: Stage,
+        call: Call<'_>,
+        judge: fn(&LoadedPolicy, Stage, Result<Answer, CallError>) -> T,
+    ) -> Option<T> {
+        let p = &self.picks[i];
+        let shadow = self.chain.policies[i]
+            .shadow()
+            .filter(|c| c.policy.declares(stage));
+        if !p.declares(stage) && shadow.is_none() {
+            return None;
         }
-        match call_in_session(chain, p, &mut instances[i], stage, call.clone()).await {
-            Ok(Answer::Verdict(v)) => {
-                if let Some(d) = decide(p, stage, &v) {
-                    tracing::debug!(target: "sluice::policy", policy = &*p.name, %stage, decision = ?d, "decided");
-                    return d;
-                }
-            }
-            Ok(_) => unreachable_answer(),
-            Err(_) => match p.on_error {
-                OnError::Continue => {}
-                OnError::Tempfail => return Decision::Tempfail(error_tempfail()),
-                OnError::Reject => return Decision::Reject(error_reject()),
-            },
+        let mine = if p.declares(stage) {
+            let r =
+                call_in_session(self.chain, p, &mut self.instances[i], stage, call.clone()).await;
+            Some(judge(p, stage, r))
+        } else {
+            None
+        };
+        if let Some(c) = shadow {
+            let r = call_in_session(self.chain, &c.policy, &mut self.shadows[i], stage, call).await;
+            let theirs = Some(judge(&c.policy, stage, r));
+            compare(c, stage, &mine, &theirs);
+        }
+        mine
+    }
+}
+
+/// Log and count a shadow candidate's different outcome.
+fn compare<T: std::fmt::Debug + PartialEq>(c: &Candidate, stage: Stage, active: &T, candidate: &T) {
+    if active != candidate {
+        bump(&c.differences);
+        tracing::info!(
+            target: "sluice::policy",
+            policy = &*c.policy.name,
+            %stage,
+            active = ?active,
+            candidate = ?candidate,
+            "shadow candidate decided differently"
+        );
+    }
+}
+
+/// What one policy decides at a stage before DATA: `None` to go on.
+fn verdict_outcome(
+    p: &LoadedPolicy,
+    stage: Stage,
+    r: Result<Answer, CallError>,
+) -> Option<Decision> {
+    match r {
+        Ok(Answer::Verdict(v)) => decide(p, stage, &v),
+        Ok(_) => unreachable_answer(),
+        Err(_) => match p.on_error {
+            OnError::Continue => None,
+            OnError::Tempfail => Some(Decision::Tempfail(error_tempfail())),
+            OnError::Reject => Some(Decision::Reject(error_reject())),
+        },
+    }
+}
+
+/// What one policy decides at DATA (`None` to go on) and the changes it
+/// asks for.
+fn data_outcome(
+    p: &LoadedPolicy,
+    stage: Stage,
+    r: Result<Answer, CallError>,
+) -> (Option<DataOutcome>, Vec<Change>) {
+    let answer = match r {
+        Ok(Answer::Data(d)) => d,
+        Ok(_) => unreachable_answer(),
+        Err(_) => {
+            let outcome = match p.on_error {
+                OnError::Continue => None,
+                OnError::Tempfail => Some(DataOutcome::Tempfail(error_tempfail())),
+                OnError::Reject => Some(DataOutcome::Reject(error_reject())),
+            };
+            return (outcome, Vec::new());
+        }
+    };
+    let mut changes = Vec::new();
+    convert_changes(p, answer.changes, &mut changes);
+    let s = &p.stats;
+    let outcome = match &answer.verdict {
+        types::Verdict::Continue => {
+            bump(&s.continued);
+            None
+        }
+        types::Verdict::Accept => {
+            bump(&s.accepted);
+            Some(DataOutcome::Accept)
+        }
+        types::Verdict::Reject(r) => {
+            bump(&s.rejected);
+            Some(DataOutcome::Reject(fix_reply(p, stage, r, 5)))
+        }
+        types::Verdict::Tempfail(r) => {
+            bump(&s.tempfailed);
+            Some(DataOutcome::Tempfail(fix_reply(p, stage, r, 4)))
+        }
+        types::Verdict::Discard => {
+            bump(&s.discarded);
+            Some(DataOutcome::Discard)
+        }
+        types::Verdict::Quarantine(reason) => {
+            bump(&s.quarantined);
+            Some(DataOutcome::Quarantine(clean(reason, MAX_REASON)))
+        }
+    };
+    (outcome, changes)
+}
+
+/// Run the policies that declared `stage`, in order, until one decides.
+async fn run_stage(slots: &mut Slots<'_>, stage: Stage, call: Call<'_>) -> Decision {
+    for i in 0..slots.picks.len() {
+        if let Some(Some(d)) = slots.call(i, stage, call.clone(), verdict_outcome).await {
+            tracing::debug!(target: "sluice::policy", policy = &*slots.picks[i].name, %stage, decision = ?d, "decided");
+            return d;
         }
     }
     Decision::Continue

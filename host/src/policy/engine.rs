@@ -11,12 +11,13 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Cache, CacheConfig, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::{PolicyWorld, PolicyWorldPre};
-use super::chain::{Chain, LoadedPolicy};
+use super::chain::{Candidate, Chain, LoadedPolicy};
 use super::host::{Grants, GuestCounters, HostState};
 use super::{
     CONTRACT_PACKAGE, CONTRACT_VERSION, PolicyConfig, PolicyEngineConfig, PolicyError, Services,
     Stage,
 };
+use crate::config::CandidateMode;
 
 /// Core instances, memories and tables a component may hold per pool
 /// slot of `max_instances` (a Rust `wasm32-wasip2` component has one memory
@@ -191,36 +192,95 @@ impl Engine {
         policies: &[PolicyConfig],
         services: Services,
     ) -> Result<Arc<Chain>, PolicyError> {
-        let mut loaded = Vec::with_capacity(policies.len());
-        for p in policies {
-            let mut policy = self.load_one(p).await?;
-            Chain::prepare(&self.inner, &mut policy, &services).await?;
-            loaded.push(policy);
-        }
-        Ok(Arc::new(Chain::new(self.inner.clone(), loaded, services)))
+        Ok(self.reload_chain(policies, services, None).await?.0)
     }
 
-    async fn load_one(&self, p: &PolicyConfig) -> Result<LoadedPolicy, PolicyError> {
+    /// Load `policies` like [`load_chain`](Self::load_chain), but keep
+    /// from `previous` each loaded policy whose `[[policy]]` entry and
+    /// component files (active and candidate) are unchanged: no compile,
+    /// no `init`, and its counters go on. Also says, per policy, whether
+    /// it was loaded anew.
+    pub async fn reload_chain(
+        &self,
+        policies: &[PolicyConfig],
+        services: Services,
+        previous: Option<&Chain>,
+    ) -> Result<(Arc<Chain>, Vec<bool>), PolicyError> {
+        let mut loaded = Vec::with_capacity(policies.len());
+        let mut fresh = Vec::with_capacity(policies.len());
+        for p in policies {
+            if let Some(old) = previous
+                .and_then(|c| c.find(&p.name))
+                .filter(|old| unchanged(old, p))
+            {
+                loaded.push(old.clone());
+                fresh.push(false);
+                continue;
+            }
+            loaded.push(Arc::new(self.load_policy(p, &services).await?));
+            fresh.push(true);
+        }
+        let chain = Chain::new(self.inner.clone(), loaded, services);
+        Ok((Arc::new(chain), fresh))
+    }
+
+    /// Load one policy and its candidate, if any.
+    async fn load_policy(
+        &self,
+        p: &PolicyConfig,
+        services: &Services,
+    ) -> Result<LoadedPolicy, PolicyError> {
+        let mut policy = self.load_one(p, &p.name, &p.path).await?;
+        Chain::prepare(&self.inner, &mut policy, services).await?;
+        if let Some(path) = &p.candidate {
+            // A shadow has a key-value namespace of its own, so that its
+            // writes (rate counters…) do not count twice; a canary serves
+            // real sessions in the active version's place and shares it.
+            let name = match p.candidate_mode {
+                CandidateMode::Shadow => format!("{}~shadow", p.name),
+                CandidateMode::Canary => p.name.clone(),
+            };
+            let mut c = self.load_one(p, &name, path).await?;
+            Chain::prepare(&self.inner, &mut c, services).await?;
+            policy.candidate = Some(Candidate {
+                policy: Arc::new(c),
+                mode: p.candidate_mode,
+                percent: p.canary_percent,
+                differences: Default::default(),
+            });
+        }
+        Ok(policy)
+    }
+
+    async fn load_one(
+        &self,
+        p: &PolicyConfig,
+        name: &str,
+        path: &Path,
+    ) -> Result<LoadedPolicy, PolicyError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let inner = self.inner.clone();
-        let name = p.name.clone();
-        let path = p.path.clone();
+        let owned_name = name.to_string();
+        let owned_path = path.to_path_buf();
         std::thread::Builder::new()
-            .name(format!("sluice-compile-{}", p.name))
+            .name(format!("sluice-compile-{name}"))
             .spawn(move || {
-                let _ = tx.send(compile(&inner, &name, &path));
+                // Compiling a big component takes seconds of CPU: let the
+                // serving threads go first.
+                lower_thread_priority();
+                let _ = tx.send(compile(&inner, &owned_name, &owned_path));
             })
             .map_err(|e| PolicyError::Thread {
-                policy: p.name.clone(),
+                policy: name.to_string(),
                 cause: e.to_string(),
             })?;
         let (component, wasm_hash) = rx.await.map_err(|_| PolicyError::Thread {
-            policy: p.name.clone(),
+            policy: name.to_string(),
             cause: "the compile thread ended without an answer".into(),
         })??;
-        let pre = link(&self.inner, &p.name, &component)?;
+        let pre = link(&self.inner, name, &component)?;
         Ok(LoadedPolicy {
-            name: Arc::from(p.name.as_str()),
+            name: Arc::from(name),
             version: String::new(),
             wasm_hash,
             stages: 0,
@@ -237,6 +297,9 @@ impl Engine {
             stats: Default::default(),
             reuse: p.reuse_instances,
             warm: Default::default(),
+            cfg: p.clone(),
+            loaded_at: std::time::SystemTime::now(),
+            candidate: None,
         })
     }
 
@@ -295,6 +358,27 @@ fn compile(
         cause: one_line(&e),
     })?;
     Ok((component, hash))
+}
+
+/// Whether a loaded policy is what `p` asks for: the same entry, and
+/// component files with the same contents.
+fn unchanged(old: &LoadedPolicy, p: &PolicyConfig) -> bool {
+    let same_file = |path: &Path, hash: &str| {
+        std::fs::read(path).is_ok_and(|b| hex(&Sha256::digest(&b)) == hash)
+    };
+    old.cfg == *p
+        && same_file(&p.path, &old.wasm_hash)
+        && match (&p.candidate, &old.candidate) {
+            (None, None) => true,
+            (Some(path), Some(c)) => same_file(path, &c.policy.wasm_hash),
+            _ => false,
+        }
+}
+
+/// Make the calling thread yield to the others (nice 10; Linux sets the
+/// niceness of one thread). Best effort: a failure changes nothing else.
+fn lower_thread_priority() {
+    let _ = rustix::process::setpriority_process(None, 10);
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -22,9 +22,17 @@
 //!    after a failed call (a trap leaves an instance unusable), and the next
 //!    call makes a new one. Every fresh instance runs `init` with the
 //!    policy's config before its first hook, so the config a policy parsed
-//!    in `init` is in the memory of the instance its hooks run in.
+//!    in `init` is in the memory of the instance its hooks run in. With
+//!    `reuse_instances`, instances a session ends with are kept warm
+//!    (already `init`ed) for later sessions instead of dropped.
 //! 4. [`Chain::route`] — the queue asks, per recipient, with a fresh
-//!    instance per call.
+//!    instance per call (or a warm one with `reuse_instances`).
+//! 5. [`Reloader::reload`] — builds a new chain from the config file,
+//!    keeping every loaded policy whose entry and component are unchanged,
+//!    and swaps it into the [`LiveChain`] new sessions read; nothing is
+//!    swapped unless every policy loaded and `init`ed. A policy's
+//!    `candidate` version runs in shadow (beside it, compared, never
+//!    enforced) or canary mode (instead of it for a share of sessions).
 //!
 //! # Chain semantics
 //!
@@ -92,6 +100,7 @@ mod guests;
 mod host;
 mod kv;
 mod message;
+mod reload;
 #[cfg(test)]
 mod tests;
 
@@ -104,6 +113,7 @@ pub use chain::{Chain, ChainSession};
 pub use engine::{Engine, Precompiled};
 pub use kv::{KvError, KvStore};
 pub use message::MessageResource;
+pub use reload::{LiveChain, ReloadReport, Reloader, report_json, watch};
 
 use crate::delivery::Route;
 use crate::delivery::dns::Resolver;
@@ -331,6 +341,23 @@ pub struct PolicyStats {
     /// The policy's own counters (`metrics` capability), named
     /// `<policy>_<name>` (a `-` in the policy name becomes `_`).
     pub counters: Vec<(String, u64)>,
+    /// When this version was loaded.
+    pub loaded_at: std::time::SystemTime,
+    /// The candidate version, when one is configured.
+    pub candidate: Option<Box<CandidateStats>>,
+}
+
+/// A candidate version's figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidateStats {
+    /// Shadow or canary.
+    pub mode: crate::config::CandidateMode,
+    /// The share of new sessions a canary takes.
+    pub percent: u8,
+    /// Shadow calls whose outcome differed from the active version's.
+    pub differences: u64,
+    /// The candidate's own figures.
+    pub stats: PolicyStats,
 }
 
 /// Why a call into a policy failed (the `cause` of the log line).

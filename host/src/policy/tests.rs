@@ -113,6 +113,9 @@ fn policy(name: &str, guest: &str, config: serde_json::Value) -> PolicyConfig {
         max_memory: ByteSize(64 << 20),
         timeout: Duration::from_millis(100),
         reuse_instances: false,
+        candidate: None,
+        candidate_mode: Default::default(),
+        canary_percent: 10,
         config,
     }
 }

@@ -102,8 +102,9 @@ struct Inner {
     maildirs: Maildirs,
     /// Our listening addresses, for mail-loop detection.
     self_addrs: Vec<SocketAddr>,
-    /// Policies with a `route` hook, asked before the domain match.
-    chain: Option<Arc<crate::policy::Chain>>,
+    /// The live policy chain; those of its policies with a `route` hook
+    /// are asked before the domain match.
+    chain: Arc<crate::policy::LiveChain>,
     schedule: Mutex<Schedule>,
     wake: Notify,
     /// Messages being worked on at once.
@@ -144,8 +145,8 @@ pub struct QueueParts {
     pub client: ClientConfig,
     /// Our listening addresses.
     pub self_addrs: Vec<SocketAddr>,
-    /// The policy chain, whose `route` hooks choose next hops.
-    pub chain: Option<Arc<crate::policy::Chain>>,
+    /// The live policy chain, whose `route` hooks choose next hops.
+    pub chain: Arc<crate::policy::LiveChain>,
 }
 
 impl Queue {
@@ -191,9 +192,7 @@ impl Queue {
             client: parts.client,
             credentials,
             self_addrs: parts.self_addrs,
-            chain: parts
-                .chain
-                .filter(|c| c.handles(crate::policy::Stage::Route)),
+            chain: parts.chain,
             in_progress: tokio_util_lite::Tracker::default(),
             cfg,
         };
@@ -500,7 +499,11 @@ impl Inner {
             recipients: env.recipients.iter().map(|r| r.address.clone()).collect(),
         };
         for i in due {
-            let route = match &self.chain {
+            let chain = self
+                .chain
+                .current()
+                .filter(|c| c.handles(crate::policy::Stage::Route));
+            let route = match &chain {
                 Some(chain) => match chain.route(&env_info, &env.recipients[i].address).await {
                     crate::policy::RouteDecision::Default => {
                         self.router.route(&env.recipients[i].address)

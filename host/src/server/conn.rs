@@ -123,7 +123,7 @@ pub(super) async fn handle(
         ),
         wbuf: Vec::with_capacity(512),
         last_id: None,
-        policies: shared.chain.as_ref().filter(|c| !c.is_empty()).map(|c| {
+        policies: shared.chain.current().filter(|c| !c.is_empty()).map(|c| {
             c.session(SessionInfo {
                 client_ip: peer.client.ip(),
                 client_port: peer.client.port(),

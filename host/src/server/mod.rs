@@ -67,8 +67,8 @@ pub(crate) struct Shared {
     pub(crate) per_ip: limits::PerIpLimiter,
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) queue: Queue,
-    /// The policy chain; `None` when no policy is configured.
-    pub(crate) chain: Option<Arc<crate::policy::Chain>>,
+    /// The policy chain new sessions get (swapped by reloads).
+    pub(crate) chain: Arc<crate::policy::LiveChain>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -86,11 +86,22 @@ pub struct Server {
     shared: Arc<Shared>,
     listeners: Vec<(TcpListener, ListenerConfig)>,
     admin: tokio::net::UnixListener,
+    reloader: Arc<crate::policy::Reloader>,
 }
 
 impl Server {
     /// Open the spool, load TLS, bind every listener.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        Self::bind_from(config, None).await
+    }
+
+    /// [`bind`](Self::bind), with the file `config` was read from: reloads
+    /// (SIGHUP, `sluice policy reload`, a change of the file) read it
+    /// again.
+    pub async fn bind_from(
+        config: Config,
+        config_path: Option<std::path::PathBuf>,
+    ) -> Result<Self, ServerError> {
         let (spool, recovery) = FsSpool::open(
             &config.data_dir,
             config.spool.group_commit,
@@ -139,8 +150,12 @@ impl Server {
         // Policies are compiled (or taken from the compiled cache) and
         // initialised before the first session; a policy that fails to
         // load stops the start with a message naming it.
-        let chain = if config.policies.is_empty() {
-            None
+        let services = crate::policy::Services {
+            resolver: resolver.clone(),
+            kv: Arc::new(crate::policy::KvStore::new(1_000_000, 256 << 20)),
+        };
+        let (engine, chain) = if config.policies.is_empty() {
+            (None, None)
         } else {
             // Each session holds one instance per policy it calls; past the
             // pool's size a call fails and the policy's on_error applies.
@@ -160,16 +175,22 @@ impl Server {
                 );
             }
             let engine = crate::policy::Engine::new(&config.policy_engine)?;
-            let services = crate::policy::Services {
-                resolver: resolver.clone(),
-                kv: Arc::new(crate::policy::KvStore::new(1_000_000, 256 << 20)),
-            };
-            let chain = engine.load_chain(&config.policies, services).await?;
+            let chain = engine
+                .load_chain(&config.policies, services.clone())
+                .await?;
             for s in chain.stats() {
                 tracing::info!(policy = %s.name, version = %s.version, "policy loaded");
             }
-            Some(chain)
+            (Some(engine), Some(chain))
         };
+        let chain = Arc::new(crate::policy::LiveChain::new(chain));
+        let reloader = Arc::new(crate::policy::Reloader::new(
+            chain.clone(),
+            engine,
+            services,
+            config_path,
+            config.clone(),
+        ));
         let queue = Queue::new(QueueParts {
             spool: spool.clone(),
             config: config.clone(),
@@ -196,7 +217,13 @@ impl Server {
             shared,
             listeners,
             admin,
+            reloader,
         })
+    }
+
+    /// What reloads the policies (for SIGHUP).
+    pub fn reloader(&self) -> Arc<crate::policy::Reloader> {
+        self.reloader.clone()
     }
 
     /// The bound addresses, in config order.
@@ -215,8 +242,16 @@ impl Server {
         let admin_task = tokio::spawn(crate::admin::serve(
             self.admin,
             self.shared.queue.clone(),
+            self.reloader.clone(),
             shutdown.clone(),
         ));
+        if self.shared.config.policy_engine.watch {
+            tokio::spawn(crate::policy::watch(
+                self.reloader.clone(),
+                self.shared.config.clone(),
+                shutdown.clone(),
+            ));
+        }
         let mut accept_tasks = Vec::new();
         for (listener, cfg) in self.listeners {
             if let Ok(addr) = listener.local_addr() {
