@@ -787,7 +787,10 @@ impl Config {
             if p.path.as_os_str().is_empty() {
                 return Err(invalid("policy.path", what("path is empty")));
             }
-            if p.candidate.as_ref().is_some_and(|c| c.as_os_str().is_empty()) {
+            if p.candidate
+                .as_ref()
+                .is_some_and(|c| c.as_os_str().is_empty())
+            {
                 return Err(invalid("policy.candidate", what("candidate is empty")));
             }
             if !(1..=100).contains(&p.canary_percent) {
