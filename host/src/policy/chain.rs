@@ -13,6 +13,7 @@ use super::bindings::{PolicyWorld, PolicyWorldPre, types};
 use super::engine::{EngineInner, one_line, stage_bits};
 use super::host::{Grants, GuestCounters, HostState, MAX_LOG_LINES, Phase, clean};
 use super::message::{MessageResource, ParsedMessage, cut};
+use super::tap::{self, HostTap};
 use super::{
     CallError, Change, DataDecision, DataOutcome, Decision, EnvelopeInfo, OnError, PolicyError,
     PolicyStats, RouteDecision, Services, SessionInfo, Stage, VerdictCounts,
@@ -120,7 +121,7 @@ enum Call<'a> {
     Route(&'a types::Envelope, &'a str),
 }
 
-enum Answer {
+pub(crate) enum Answer {
     Describe(types::Description),
     Init(Result<(), String>),
     Verdict(types::Verdict),
@@ -167,6 +168,7 @@ impl Chain {
             session: wit_session(&info),
             info,
             instances: (0..self.policies.len()).map(|_| None).collect(),
+            tap: None,
         }
     }
 
@@ -754,6 +756,8 @@ pub struct ChainSession {
     info: SessionInfo,
     session: types::Session,
     instances: Vec<Option<Instance>>,
+    /// Recorder or replay source of this session (see [`super::tap`]).
+    tap: Option<Arc<dyn HostTap>>,
 }
 
 impl std::fmt::Debug for ChainSession {
@@ -780,6 +784,13 @@ impl ChainSession {
         &self.chain
     }
 
+    /// Send what the policies of this session observe (host calls and
+    /// their results, each hook's answer) to `tap`, which may also answer
+    /// host calls (replay).
+    pub fn set_tap(&mut self, tap: Arc<dyn HostTap>) {
+        self.tap = Some(tap);
+    }
+
     /// Record TLS `(version, cipher)` after STARTTLS (or `None` after a
     /// reset of the session state).
     pub fn set_tls(&mut self, tls: Option<(String, String)>) {
@@ -802,9 +813,11 @@ impl ChainSession {
             chain,
             session,
             instances,
+            tap,
             ..
         } = self;
-        run_stage(chain, instances, Stage::Connect, Call::Connect(session)).await
+        let call = Call::Connect(session);
+        run_stage(chain, instances, tap.as_ref(), Stage::Connect, call).await
     }
 
     /// EHLO/HELO with `name` (also recorded as the session's HELO name).
@@ -819,9 +832,11 @@ impl ChainSession {
             chain,
             session,
             instances,
+            tap,
             ..
         } = self;
-        run_stage(chain, instances, Stage::Helo, Call::Helo(session, name)).await
+        let call = Call::Helo(session, name);
+        run_stage(chain, instances, tap.as_ref(), Stage::Helo, call).await
     }
 
     /// MAIL FROM `sender` (empty for `<>`) with its parameters.
@@ -834,10 +849,11 @@ impl ChainSession {
             chain,
             session,
             instances,
+            tap,
             ..
         } = self;
         let call = Call::MailFrom(session, sender, &params);
-        run_stage(chain, instances, Stage::MailFrom, call).await
+        run_stage(chain, instances, tap.as_ref(), Stage::MailFrom, call).await
     }
 
     /// RCPT TO `rcpt`; `env.recipients` holds those accepted before it.
@@ -856,10 +872,11 @@ impl ChainSession {
             chain,
             session,
             instances,
+            tap,
             ..
         } = self;
         let call = Call::Rcpt(session, &envelope, rcpt, &params);
-        run_stage(chain, instances, Stage::Rcpt, call).await
+        run_stage(chain, instances, tap.as_ref(), Stage::Rcpt, call).await
     }
 
     /// The whole message has arrived. It is parsed once (on the blocking
@@ -889,15 +906,18 @@ impl ChainSession {
             chain,
             session,
             instances,
+            tap,
             ..
         } = self;
+        let tap = tap.as_ref();
         let stage = Stage::Data;
         for (i, p) in chain.policies.iter().enumerate() {
             if !p.declares(stage) {
                 continue;
             }
             let call = Call::Data(session, &envelope, parsed.clone());
-            let answer = match call_in_session(chain, p, &mut instances[i], stage, call).await {
+            let answer = match call_in_session(chain, p, &mut instances[i], tap, stage, call).await
+            {
                 Ok(Answer::Data(d)) => d,
                 Ok(_) => unreachable_answer(),
                 Err(_) => match p.on_error {
@@ -960,6 +980,7 @@ async fn call_in_session(
     chain: &Chain,
     p: &LoadedPolicy,
     slot: &mut Option<Instance>,
+    tap: Option<&Arc<dyn HostTap>>,
     stage: Stage,
     call: Call<'_>,
 ) -> Result<Answer, CallError> {
@@ -971,10 +992,14 @@ async fn call_in_session(
             *slot = Some(chain.instantiate(p, phase, true).await?);
         }
         let inst = slot.as_mut().expect("an instance was just made");
+        inst.store.data_mut().tap = tap.cloned();
         chain.call(p, inst, phase, call).await
     }
     .await;
     record_time(p, started);
+    if let Some(t) = tap {
+        tap::report(t.as_ref(), &p.name, stage, &result);
+    }
     if let Err(e) = &result {
         // A trapped instance refuses further calls: the next call of this
         // session gets a fresh one.
@@ -988,6 +1013,7 @@ async fn call_in_session(
 async fn run_stage(
     chain: &Chain,
     instances: &mut [Option<Instance>],
+    tap: Option<&Arc<dyn HostTap>>,
     stage: Stage,
     call: Call<'_>,
 ) -> Decision {
@@ -995,7 +1021,7 @@ async fn run_stage(
         if !p.declares(stage) {
             continue;
         }
-        match call_in_session(chain, p, &mut instances[i], stage, call.clone()).await {
+        match call_in_session(chain, p, &mut instances[i], tap, stage, call.clone()).await {
             Ok(Answer::Verdict(v)) => {
                 if let Some(d) = decide(p, stage, &v) {
                     tracing::debug!(target: "sluice::policy", policy = &*p.name, %stage, decision = ?d, "decided");

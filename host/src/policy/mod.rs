@@ -92,6 +92,7 @@ mod guests;
 mod host;
 mod kv;
 mod message;
+pub mod tap;
 #[cfg(test)]
 mod tests;
 
@@ -104,6 +105,7 @@ pub use chain::{Chain, ChainSession};
 pub use engine::{Engine, Precompiled};
 pub use kv::{KvError, KvStore};
 pub use message::MessageResource;
+pub use tap::HostTap;
 
 use crate::delivery::Route;
 use crate::delivery::dns::Resolver;
