@@ -269,6 +269,39 @@ impl Replayer {
         })
     }
 
+    /// The chain's next hop for `rcpt` (the route stage, which the queue
+    /// asks after a session and recordings do not hold): `default`,
+    /// `local`, `relay HOST:PORT tls=MODE`, `mx DOMAIN`,
+    /// `reject X.Y.Z text` or `defer CODE X.Y.Z text`. Host calls of route
+    /// hooks go to the replay's own services (no network).
+    pub async fn route(&self, rcpt: &str) -> String {
+        use crate::delivery::Route;
+        use crate::policy::RouteDecision;
+        let Some(chain) = &self.chain else {
+            return "default".into();
+        };
+        let env = EnvelopeInfo {
+            sender: String::new(),
+            sender_params: Vec::new(),
+            recipients: vec![rcpt.to_string()],
+        };
+        match chain.route(&env, rcpt).await {
+            RouteDecision::Default => "default".into(),
+            RouteDecision::Defer(r) => format!("defer {}", r.summary()),
+            RouteDecision::Route(Route::Local) => "local".into(),
+            RouteDecision::Route(Route::Relay { host, port, tls }) => {
+                format!(
+                    "relay {host}:{port} tls={}",
+                    format!("{tls:?}").to_lowercase()
+                )
+            }
+            RouteDecision::Route(Route::Mx { domain }) => format!("mx {domain}"),
+            RouteDecision::Route(Route::Reject { status, text }) => {
+                format!("reject {status} {text}")
+            }
+        }
+    }
+
     /// Replay one session; `extra` are host-call answers written by hand.
     pub async fn replay(&self, rec: &SessionRecord, extra: Vec<Entry>) -> Replayed {
         let failures = Arc::new(Mutex::new(Vec::new()));

@@ -464,6 +464,14 @@ async fn run_transcript(replayer: &Replayer, t: transcript::Transcript) -> Vec<S
         })
         .collect();
     let mut problems = r.errors.clone();
+    for (line, rcpt, want) in &t.routes {
+        let got = replayer.route(rcpt).await;
+        if !got.starts_with(want.as_str()) {
+            problems.push(format!(
+                "line {line}: route {rcpt}: expected {want} → got {got}"
+            ));
+        }
+    }
     for e in &t.expected {
         let Some((_, step)) = keyed
             .iter()

@@ -38,7 +38,10 @@
 //! `quarantine: REASON…`, a change (`add-header NAME: VALUE`,
 //! `remove-header NAME`, `add-rcpt ADDR`, `remove-rcpt ADDR`), or
 //! `no-changes`. A command without an `S:` line is sent and not checked.
-//! BDAT is not supported in transcripts.
+//! `R: ADDR = ROUTE` asks the chain's route stage for a recipient and
+//! expects the route to start with `ROUTE` (`local`, `relay HOST:PORT
+//! tls=MODE`, `mx DOMAIN`, `reject X.Y.Z text`, `default`). BDAT is not
+//! supported in transcripts.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -58,6 +61,9 @@ pub struct Transcript {
     pub(crate) answers: Vec<Entry>,
     /// The replies (and data-stage outcomes) it expects.
     pub expected: Vec<Expected>,
+    /// Route expectations: `(line, recipient, expected start of the
+    /// route)`.
+    pub routes: Vec<(usize, String, String)>,
 }
 
 /// One expected reply.
@@ -104,6 +110,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Transcript, String> 
         events: Vec::new(),
     };
     let mut answers = Vec::new();
+    let mut routes = Vec::new();
     let mut expected: Vec<Expected> = Vec::new();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut open: Option<(String, usize)> = None;
@@ -165,7 +172,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Transcript, String> 
             _ => {
                 return Err(err(
                     n,
-                    "expected a line starting with C:, S:, E:, M:, H:, @ or #",
+                    "expected a line starting with C:, S:, E:, M:, H:, R:, @ or #",
                 ));
             }
         };
@@ -231,10 +238,16 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Transcript, String> 
                 _ => return Err(err(n, "E: comes after the S: of a data stage")),
             },
             "H" => answers.push(host_answer(payload).map_err(|m| err(n, &m))?),
+            "R" => {
+                let (rcpt, want) = payload
+                    .split_once(" = ")
+                    .ok_or_else(|| err(n, "R: takes RECIPIENT = ROUTE"))?;
+                routes.push((n, rcpt.trim().to_string(), want.trim().to_string()));
+            }
             _ => {
                 return Err(err(
                     n,
-                    "expected a line starting with C:, S:, E:, M:, H:, @ or #",
+                    "expected a line starting with C:, S:, E:, M:, H:, R:, @ or #",
                 ));
             }
         }
@@ -248,6 +261,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Transcript, String> 
         record,
         answers,
         expected,
+        routes,
     })
 }
 
