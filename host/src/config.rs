@@ -1067,6 +1067,32 @@ mod tests {
     }
 
     #[test]
+    fn recording() {
+        let cfg = Config::parse(
+            "data_dir = \"/d\"\n[[listener]]\naddress = \"127.0.0.1:25\"\nrecord = \"rejected\"\n\
+             [[listener]]\naddress = \"127.0.0.1:26\"\nrecord = 0.25\n\
+             [[listener]]\naddress = \"127.0.0.1:27\"\n[record]\nredact = true\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.listeners[0].record, RecordMode::Rejected);
+        assert_eq!(cfg.listeners[1].record, RecordMode::Sample(0.25));
+        assert_eq!(cfg.listeners[2].record, RecordMode::Off);
+        assert!(cfg.record.redact);
+        assert_eq!(cfg.record.dir, PathBuf::from("/d/recordings"));
+        assert_eq!(Config::embedded().listeners[0].record, RecordMode::Off);
+        for bad in ["\"sometimes\"", "1.5"] {
+            let e = Config::parse(
+                &format!("[[listener]]\naddress = \"127.0.0.1:25\"\nrecord = {bad}\n"),
+                "x.toml",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("line 3"), "{e}");
+        }
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(ByteSize::parse("50MiB"), Ok(ByteSize(50 << 20)));
         assert_eq!(ByteSize::parse("10MB"), Ok(ByteSize(10_000_000)));

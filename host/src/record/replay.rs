@@ -144,7 +144,7 @@ impl RecordedCalls {
                 self.entries
                     .iter()
                     .position(|e| !e.used && matches(e))
-                    .or_else(|| self.entries.iter().rposition(|e| matches(e)))
+                    .or_else(|| self.entries.iter().rposition(matches))
             })
     }
 }

@@ -338,10 +338,14 @@ impl std::fmt::Display for Source {
     }
 }
 
+/// One line of a recording file: where it is, and the record or why it
+/// could not be read.
+pub type SourcedRecord = (Source, Result<SessionRecord, String>);
+
 /// Read a recording file: every line that parses, and an error naming the
 /// file and line for each one that does not (a truncated last line, a
 /// corrupt one). Empty lines are skipped.
-pub fn read_file(path: &Path) -> Result<Vec<(Source, Result<SessionRecord, String>)>, String> {
+pub fn read_file(path: &Path) -> Result<Vec<SourcedRecord>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let file = path.display().to_string();
     let mut out = Vec::new();

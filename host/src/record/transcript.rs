@@ -403,11 +403,11 @@ mod tests {
             .record
             .events
             .iter()
-            .find_map(|e| SessionRecord::message_content(e))
+            .find_map(SessionRecord::message_content)
             .unwrap();
         assert_eq!(
             msg,
-            super::super::schema::MessageContent::Full(b"Subject: s\r\n\r\n.dot\r\n".to_vec())
+            schema::MessageContent::Full(b"Subject: s\r\n\r\n.dot\r\n".to_vec())
         );
         assert_eq!(t.answers.len(), 2);
         assert_eq!(

@@ -339,9 +339,11 @@ mod tests {
 
     /// A sink whose files fail to write once `fail` is set, and that keeps
     /// what was written.
+    type Files = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
     #[derive(Clone, Default)]
     struct Mem {
-        files: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+        files: Files,
         fail: Arc<std::sync::atomic::AtomicBool>,
     }
 
