@@ -870,3 +870,128 @@ pub fn diff(before: &[Step], after: &[Step]) -> Vec<StepChange> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(label: &str, outcome: &str) -> Step {
+        Step {
+            label: label.into(),
+            outcome: outcome.into(),
+            reply: String::new(),
+            changes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(command_label("ehlo Client.Example"), "helo Client.Example");
+        assert_eq!(command_label("MAIL FROM:<>"), "mail-from <>");
+        assert_eq!(
+            command_label("mail from:<a@b.example> SIZE=10"),
+            "mail-from <a@b.example>"
+        );
+        assert_eq!(
+            command_label("RCPT TO:<bob@x.example>"),
+            "rcpt bob@x.example"
+        );
+        assert_eq!(command_label("quit"), "QUIT");
+        assert_eq!(command_label("bdat 100 last"), "BDAT 100 last");
+        assert_eq!(bdat_size("BDAT 100 LAST"), Some(100));
+        assert_eq!(bdat_size("DATA"), None);
+    }
+
+    #[test]
+    fn differences_by_label_and_occurrence() {
+        let before = [
+            step("connect", "accept"),
+            step("rcpt a@x", "accept"),
+            step("rcpt a@x", "accept"),
+            step("data", "accept [add-header X: 1]"),
+            step("QUIT", "accept"),
+        ];
+        let after = [
+            step("connect", "accept"),
+            step("rcpt a@x", "accept"),
+            step("rcpt a@x", "tempfail 451 4.7.1 later"),
+            step("data", "skipped: message redacted"),
+            step("RSET", "accept"),
+        ];
+        let d: Vec<String> = diff(&before, &after)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            d,
+            [
+                "rcpt a@x: accept → tempfail 451 4.7.1 later",
+                "QUIT: accept → (not reached)",
+                "RSET: (not in recording) → accept",
+            ]
+        );
+        assert!(diff(&before, &before).is_empty());
+    }
+
+    #[test]
+    fn unrecorded_calls_follow_the_flag() {
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let entries = vec![
+            Entry::new(
+                Some("p".into()),
+                "kv.incr".into(),
+                vec!["k".into(), 1.into(), 60.into()],
+                CallResult::Ok(5.into()),
+            ),
+            Entry::new(
+                Some("p".into()),
+                "dns.a".into(),
+                vec!["a.test".into()],
+                CallResult::Ok(serde_json::json!(["127.0.0.2"])),
+            ),
+        ];
+        let mut r = RecordedCalls::new(entries, Unrecorded::Fail, 1_000_000, failures.clone());
+        let incr = [Value::from("k"), Value::from(1), Value::from(60)];
+        assert_eq!(
+            r.answer("p", "kv.incr", &incr, 0),
+            Some(CallResult::Ok(5.into()))
+        );
+        // Used up: state is not reused.
+        assert!(matches!(
+            r.answer("p", "kv.incr", &incr, 0),
+            Some(CallResult::Temporary(_))
+        ));
+        assert_eq!(failures.lock().unwrap().len(), 1);
+        // DNS is a fact: another policy, and again.
+        let a = [Value::from("a.test")];
+        for policy in ["q", "p", "q"] {
+            assert_eq!(
+                r.answer(policy, "dns.a", &a, 0),
+                Some(CallResult::Ok(serde_json::json!(["127.0.0.2"])))
+            );
+        }
+        // The clock from the recorded start plus the event's time.
+        assert_eq!(
+            r.answer("p", "clock.now", &[], 2_500_000),
+            Some(CallResult::Ok(
+                serde_json::json!({"seconds": 1002, "millis": 500})
+            ))
+        );
+        assert_eq!(r.answer("p", "metrics.counter-add", &[], 0), None);
+        let mut nf = RecordedCalls::new(Vec::new(), Unrecorded::NotFound, 0, failures.clone());
+        assert_eq!(
+            nf.answer("p", "kv.incr", &incr, 0),
+            Some(CallResult::Ok(1.into()))
+        );
+        assert_eq!(
+            nf.answer("p", "dns.mx", &a, 0),
+            Some(CallResult::Ok(serde_json::json!([])))
+        );
+        assert_eq!(
+            nf.answer("p", "kv.get", &a, 0),
+            Some(CallResult::Ok(Value::Null))
+        );
+        let mut live = RecordedCalls::new(Vec::new(), Unrecorded::Live, 0, failures);
+        assert_eq!(live.answer("p", "dns.a", &a, 0), None);
+    }
+}
