@@ -114,24 +114,6 @@ pub(super) async fn handle(
         Stream::Plain(tcp)
     };
     tracing::debug!(client = %peer.client, listener = %local, "connected");
-    let rec = shared.recorder.as_ref().and_then(|r| {
-        r.session(cfg.record, || {
-            let (id, started) = crate::record::new_id_and_time();
-            crate::record::SessionStart {
-                id,
-                started,
-                listener: local.to_string(),
-                peer: peer.client,
-                proxy: peer.proxy,
-                tls: peer
-                    .tls
-                    .as_ref()
-                    .map(|t| (t.version.clone(), t.cipher.clone())),
-                relay_client: shared.access.may_relay(peer.client.ip()),
-                chain: shared.chain.clone(),
-            }
-        })
-    });
     let mut d = Driver {
         shared: shared.clone(),
         peer: peer.clone(),
@@ -156,8 +138,28 @@ pub(super) async fn handle(
         }),
         sender_params: Vec::new(),
         data_note: None,
-        rec,
+        rec: None,
     };
+    // The recorder names the chain this session runs (a session keeps the
+    // chain it started with).
+    d.rec = shared.recorder.as_ref().and_then(|r| {
+        r.session(cfg.record, || {
+            let (id, started) = crate::record::new_id_and_time();
+            crate::record::SessionStart {
+                id,
+                started,
+                listener: local.to_string(),
+                peer: peer.client,
+                proxy: peer.proxy,
+                tls: peer
+                    .tls
+                    .as_ref()
+                    .map(|t| (t.version.clone(), t.cipher.clone())),
+                relay_client: shared.access.may_relay(peer.client.ip()),
+                chain: d.policies.as_ref().map(|p| p.chain().clone()),
+            }
+        })
+    });
     if let Some(rec) = &d.rec {
         d.session.log_commands();
         if let Some(p) = &mut d.policies {
