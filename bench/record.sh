@@ -7,7 +7,9 @@
 # Usage: bash bench/record.sh [--repeat R]
 #
 # Environment: N (messages per run, default 5000), CONCURRENCY (default
-# 20), SIZE (octets, default 1024).
+# 20), SIZE (octets, default 1024), RECORD_DIR (a folder to hold the
+# recording folders, e.g. a tmpfs; default: inside each data folder),
+# GROUP_COMMIT (true/false, default true).
 #
 # Builds target/release/sluice and the test guests; every run has a fresh
 # data folder under a temporary folder removed at the end; each server is
@@ -32,6 +34,7 @@ SLUICE="$REPO/target/release/sluice"
 N="${N:-5000}"
 CONC="${CONCURRENCY:-20}"
 SIZE="${SIZE:-1024}"
+GROUP_COMMIT="${GROUP_COMMIT:-true}"
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
@@ -61,6 +64,8 @@ run() {
     local mode="$1" dir port start end count
     dir="$TMP/$mode-$RANDOM"
     mkdir -p "$dir"
+    local rec="$dir/data/recordings"
+    if [ -n "${RECORD_DIR:-}" ]; then rec="$RECORD_DIR/$(basename "$dir")"; fi
     port="$(free_port)"
     cat >"$dir/sluice.toml" <<EOF
 data_dir = "$dir/data"
@@ -71,6 +76,10 @@ address = "127.0.0.1:$port"
 record = "$mode"
 [queue]
 deliver = false
+[spool]
+group_commit = $GROUP_COMMIT
+[record]
+dir = "$rec"
 [limits]
 max_connections = 2000
 max_connections_per_ip = 2000
@@ -100,9 +109,10 @@ EOF
     [ "$count" = "$N" ] || die "$mode: $count of $N messages in the spool"
     if [ "$mode" = all ]; then
         local lines
-        lines="$(cat "$dir"/data/recordings/*.jsonl 2>/dev/null | wc -l)"
+        lines="$(cat "$rec"/*.jsonl 2>/dev/null | wc -l)"
         log "$mode: $lines sessions recorded"
     fi
+    rm -rf "$rec"
     awk -v n="$N" -v s="$start" -v e="$end" 'BEGIN { printf "%.0f\n", n / (e - s) }'
     rm -rf "$dir"
 }
