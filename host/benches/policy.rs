@@ -52,6 +52,7 @@ fn policy(name: &str, path: &Path, tag: &str) -> PolicyConfig {
         candidate: None,
         candidate_mode: Default::default(),
         canary_percent: 10,
+        tests: None,
         config,
     }
 }

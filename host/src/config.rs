@@ -98,6 +98,89 @@ pub struct Config {
     /// The policy runtime (`[policy_engine]`).
     #[serde(default)]
     pub policy_engine: PolicyEngineConfig,
+    /// Session recording (`[record]`); which sessions is per listener.
+    #[serde(default)]
+    pub record: RecordConfig,
+}
+
+/// `[record]`: where and how recorded sessions are written (see
+/// `docs/recording-format.md`). Which sessions are recorded is set per
+/// listener (`record = …`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordConfig {
+    /// Folder of the recording files; empty: `DATA_DIR/recordings`.
+    pub dir: PathBuf,
+    /// A file past this size is closed and a new one started.
+    pub max_file_size: ByteSize,
+    /// Files kept; the oldest are deleted past it (0: keep all).
+    pub max_files: usize,
+    /// Keep only the header section of messages, with their size and
+    /// SHA-256.
+    pub redact: bool,
+    /// Messages larger than this are recorded redacted.
+    pub max_message_size: ByteSize,
+    /// Memory for recorded sessions waiting to be written; sessions past
+    /// it are dropped (and counted), never waited for.
+    pub max_queue: ByteSize,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            max_file_size: ByteSize(64 << 20),
+            max_files: 20,
+            redact: false,
+            max_message_size: ByteSize(10 << 20),
+            max_queue: ByteSize(64 << 20),
+        }
+    }
+}
+
+/// Which sessions of a listener are recorded: `"off"`, `"all"`,
+/// `"rejected"` (those with a refused stage: a 4xx/5xx from a policy or
+/// the built-in rules), or a sample rate between 0 and 1 (`0.01`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum RecordMode {
+    /// Nothing.
+    #[default]
+    Off,
+    /// Every session.
+    All,
+    /// Sessions in which a stage was refused.
+    Rejected,
+    /// This share of sessions, chosen at random at connect.
+    Sample(f64),
+}
+
+impl<'de> Deserialize<'de> for RecordMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            F(f64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::F(r) if (0.0..=1.0).contains(&r) => Ok(if r == 0.0 {
+                RecordMode::Off
+            } else {
+                RecordMode::Sample(r)
+            }),
+            Raw::F(r) => Err(serde::de::Error::custom(format!(
+                "a sample rate is between 0 and 1, not {r}"
+            ))),
+            Raw::S(s) => match s.as_str() {
+                "off" => Ok(RecordMode::Off),
+                "all" => Ok(RecordMode::All),
+                "rejected" => Ok(RecordMode::Rejected),
+                other => Err(serde::de::Error::custom(format!(
+                    "record is \"off\", \"all\", \"rejected\" or a sample rate such as 0.05, not {other:?}"
+                ))),
+            },
+        }
+    }
 }
 
 /// One `[[policy]]`: a WebAssembly policy component in the chain.
@@ -139,6 +222,11 @@ pub struct PolicyConfig {
     /// The share of new sessions a `canary` candidate takes, 1 to 100.
     #[serde(default = "default_canary_percent")]
     pub canary_percent: u8,
+    /// The policy's own session tests (a `sluice test` folder). A reload
+    /// runs them against a new version of the policy before swapping it
+    /// in, and refuses the version when one fails.
+    #[serde(default)]
+    pub tests: Option<PathBuf>,
     /// Handed to the policy's `init` as a JSON object.
     #[serde(default)]
     pub config: toml::Table,
@@ -369,6 +457,9 @@ pub struct ListenerConfig {
     /// Peers whose PROXY header is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// Which sessions to record (see [`RecordMode`] and `[record]`).
+    #[serde(default)]
+    pub record: RecordMode,
 }
 
 /// `[tls]`
@@ -574,12 +665,14 @@ fn default_listeners() -> Vec<ListenerConfig> {
             implicit_tls: false,
             proxy_protocol: false,
             trusted_proxies: Vec::new(),
+            record: RecordMode::Off,
         },
         ListenerConfig {
             address: "127.0.0.1:4465".parse().expect("valid address"),
             implicit_tls: true,
             proxy_protocol: false,
             trusted_proxies: Vec::new(),
+            record: RecordMode::Off,
         },
     ]
 }
@@ -619,6 +712,9 @@ impl Config {
             .collect();
         if cfg.policy_engine.cache_dir.as_os_str().is_empty() {
             cfg.policy_engine.cache_dir = cfg.data_dir.join("policy-cache");
+        }
+        if cfg.record.dir.as_os_str().is_empty() {
+            cfg.record.dir = cfg.data_dir.join("recordings");
         }
         cfg.check(text, file)?;
         Ok(cfg)
@@ -715,6 +811,12 @@ impl Config {
             return Err(invalid(
                 "relay_username",
                 "relay_username and relay_password go together".into(),
+            ));
+        }
+        if self.record.max_file_size.0 < 4096 {
+            return Err(invalid(
+                "record.max_file_size",
+                "must be at least 4KiB".into(),
             ));
         }
         if self.spool.max_batch < 1 {
@@ -1016,6 +1118,32 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("ignore"), "{e}");
+    }
+
+    #[test]
+    fn recording() {
+        let cfg = Config::parse(
+            "data_dir = \"/d\"\n[[listener]]\naddress = \"127.0.0.1:25\"\nrecord = \"rejected\"\n\
+             [[listener]]\naddress = \"127.0.0.1:26\"\nrecord = 0.25\n\
+             [[listener]]\naddress = \"127.0.0.1:27\"\n[record]\nredact = true\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.listeners[0].record, RecordMode::Rejected);
+        assert_eq!(cfg.listeners[1].record, RecordMode::Sample(0.25));
+        assert_eq!(cfg.listeners[2].record, RecordMode::Off);
+        assert!(cfg.record.redact);
+        assert_eq!(cfg.record.dir, PathBuf::from("/d/recordings"));
+        assert_eq!(Config::embedded().listeners[0].record, RecordMode::Off);
+        for bad in ["\"sometimes\"", "1.5"] {
+            let e = Config::parse(
+                &format!("[[listener]]\naddress = \"127.0.0.1:25\"\nrecord = {bad}\n"),
+                "x.toml",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("line 3"), "{e}");
+        }
     }
 
     #[test]

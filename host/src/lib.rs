@@ -13,6 +13,8 @@
 //! - [`queue`] — the queue: routing, scheduling, retries, bounces.
 //! - [`delivery`] — how mail leaves: Maildir/LMTP, the SMTP client, DNS,
 //!   DSNs.
+//! - [`record`] — record and replay: sessions recorded as JSON lines,
+//!   replayed against a policy chain, and run as policy test suites.
 //! - [`admin`] — the local admin socket behind `sluice queue`.
 //! - [`config`] — the TOML configuration, its defaults and its checks.
 
@@ -21,6 +23,7 @@ pub mod config;
 pub mod delivery;
 pub mod policy;
 pub mod queue;
+pub mod record;
 pub mod server;
 pub mod smtp;
 pub mod spool;

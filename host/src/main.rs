@@ -49,6 +49,66 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// Replay recorded sessions against a policy chain, with no network,
+    /// and print which stages change (exit 0; 1 with --fail-on-diff and a
+    /// change; 2 when a session cannot be read or replayed).
+    Replay(ReplayArgs),
+    /// Run a folder of session cases (*.smtp transcripts, *.jsonl
+    /// recordings) as a policy's test suite (exit 1 on a failure).
+    Test(TestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// The gateway config: the chain and the gateway rules (embedded
+    /// default without it).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Replace the component of policy NAME (repeatable); a NAME not in
+    /// the config is added with every capability.
+    #[arg(long = "policy", value_name = "NAME=FILE.wasm", value_parser = sluice::record::replay::parse_override)]
+    policies: Vec<(String, PathBuf)>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Exit 1 when any session changed.
+    #[arg(long)]
+    fail_on_diff: bool,
+    /// Write each replayed session into DIR as a test case (the replay's
+    /// outcome becomes the expectation).
+    #[arg(long, value_name = "DIR")]
+    accept: Option<PathBuf>,
+    /// A host call the recording does not have: fail the session, answer
+    /// "not found", or make it live (DNS through [dns]: the network).
+    #[arg(long, value_enum, default_value = "fail")]
+    unrecorded: sluice::record::replay::Unrecorded,
+    /// Compiled-code cache (default: the config's).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Recording files (.jsonl), or folders of them.
+    #[arg(required = true)]
+    recordings: Vec<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct TestArgs {
+    /// The gateway config (default: DIR/sluice-test.toml; relative policy
+    /// paths are relative to it).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Replace the component of policy NAME (repeatable).
+    #[arg(long = "policy", value_name = "NAME=FILE.wasm", value_parser = sluice::record::replay::parse_override)]
+    policies: Vec<(String, PathBuf)>,
+    /// A host call a case does not answer: "not-found" (default), fail,
+    /// or live.
+    #[arg(long, value_enum, default_value = "not-found")]
+    unrecorded: sluice::record::replay::Unrecorded,
+    /// Compiled-code cache (default: sluice-policy-cache in the temporary
+    /// folder).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// The folder of cases.
+    dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -472,6 +532,17 @@ impl Signals {
     }
 }
 
+/// The exit code of a command that has its own.
+fn exit(r: anyhow::Result<u8>) -> ExitCode {
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -485,6 +556,31 @@ fn main() -> ExitCode {
             action,
         } => queue_command(config, json, action),
         Command::Policy { action } => policy_command(action),
+        Command::Replay(a) => {
+            return exit(sluice::record::suite::replay_main(
+                sluice::record::suite::ReplayOptions {
+                    config: a.config,
+                    policies: a.policies,
+                    inputs: a.recordings,
+                    json: a.json,
+                    fail_on_diff: a.fail_on_diff,
+                    accept: a.accept,
+                    unrecorded: a.unrecorded,
+                    cache_dir: a.cache_dir,
+                },
+            ));
+        }
+        Command::Test(a) => {
+            return exit(sluice::record::suite::test_main(
+                sluice::record::suite::TestOptions {
+                    dir: a.dir,
+                    config: a.config,
+                    policies: a.policies,
+                    unrecorded: a.unrecorded,
+                    cache_dir: a.cache_dir,
+                },
+            ));
+        }
         Command::DefaultConfig => {
             print!("{}", sluice::config::DEFAULT_TOML);
             Ok(())

@@ -446,3 +446,58 @@ fn a_canary_takes_its_share_of_new_sessions() {
     }
     assert_eq!(v2_sessions, 30, "30 % of 100 sessions");
 }
+
+#[test]
+fn a_version_that_fails_its_session_tests_is_refused() {
+    let sb = Sandbox::new();
+    let dir = sb.path().join("policies");
+    let tests = sb.path().join("versioned-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&tests).unwrap();
+    let wasm = dir.join("versioned.wasm");
+    land(&wasm, &version_bytes(1));
+    // The policy's suite expects the probe to answer "version 2".
+    std::fs::write(
+        tests.join("sluice-test.toml"),
+        format!(
+            "local_domains = [\"example.com\"]\n[[policy]]\nname = \"versioned\"\npath = \"{}\"\ncapabilities = [\"kv\"]\n",
+            wasm.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        tests.join("probe.smtp"),
+        "# The probe recipient is refused with a one-digit version.\n\
+         S: 220\nC: EHLO client.example\nS: 250\nC: MAIL FROM:<s@example.com>\nS: 250\n\
+         C: RCPT TO:<version@example.com>\nS: 550 5.7.1 version 2\n",
+    )
+    .unwrap();
+    let extra = format!("tests = \"{}\"", tests.display());
+    let server = sb.start_toml(&config(&sb, &wasm, false, &extra), 1);
+    let cfg = sb.config_path();
+    assert_eq!(probe(&server), "version 1");
+
+    // Version 3 answers "version 3": its own suite fails, it is refused.
+    land(&wasm, &version_bytes(3));
+    let out = sluice_cli(&["policy", "reload"], &cfg);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a version failing its tests was accepted"
+    );
+    assert!(
+        stderr.contains("session tests") && stderr.contains("probe.smtp"),
+        "the refusal names the tests and the case: {stderr}"
+    );
+    assert_eq!(probe(&server), "version 1");
+
+    // Version 2 passes them and is swapped in.
+    land(&wasm, &version_bytes(2));
+    let out = sluice_cli(&["policy", "reload"], &cfg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(probe(&server), "version 2");
+}

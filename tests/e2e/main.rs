@@ -24,5 +24,6 @@ mod policy_faults;
 mod policy_rewrite;
 mod protocol;
 mod proxy;
+mod record_replay;
 mod smuggling;
 mod tls;

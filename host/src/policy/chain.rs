@@ -13,6 +13,7 @@ use super::bindings::{PolicyWorld, PolicyWorldPre, types};
 use super::engine::{EngineInner, one_line, stage_bits};
 use super::host::{Grants, GuestCounters, HostState, MAX_LOG_LINES, Phase, clean};
 use super::message::{MessageResource, ParsedMessage, cut};
+use super::tap::{self, HostTap};
 use super::{
     CallError, Change, DataDecision, DataOutcome, Decision, EnvelopeInfo, OnError, PolicyError,
     PolicyStats, RouteDecision, Services, SessionInfo, Stage, VerdictCounts,
@@ -124,6 +125,8 @@ impl LoadedPolicy {
             return;
         }
         inst.uses += 1;
+        // The next session brings its own recorder, if any.
+        inst.store.data_mut().tap = None;
         let grown = inst.store.data().limiter.peak > inst.base_memory + REUSE_MAX_GROWTH;
         if inst.uses >= REUSE_MAX_SESSIONS || grown {
             return;
@@ -186,7 +189,7 @@ enum Call<'a> {
     Route(&'a types::Envelope, &'a str),
 }
 
-enum Answer {
+pub(crate) enum Answer {
     Describe(types::Description),
     Init(Result<(), String>),
     Verdict(types::Verdict),
@@ -253,6 +256,7 @@ impl Chain {
             picks,
             instances: (0..self.policies.len()).map(|_| None).collect(),
             shadows: (0..self.policies.len()).map(|_| None).collect(),
+            tap: None,
         }
     }
 
@@ -906,6 +910,8 @@ pub struct ChainSession {
     instances: Vec<Option<Instance>>,
     /// Instances of shadow candidates.
     shadows: Vec<Option<Instance>>,
+    /// Recorder or replay source of this session (see [`super::tap`]).
+    tap: Option<Arc<dyn HostTap>>,
 }
 
 impl std::fmt::Debug for ChainSession {
@@ -948,6 +954,13 @@ impl ChainSession {
         &self.chain
     }
 
+    /// Send what the policies of this session observe (host calls and
+    /// their results, each hook's answer) to `tap`, which may also answer
+    /// host calls (replay).
+    pub fn set_tap(&mut self, tap: Arc<dyn HostTap>) {
+        self.tap = Some(tap);
+    }
+
     /// Record TLS `(version, cipher)` after STARTTLS (or `None` after a
     /// reset of the session state).
     pub fn set_tls(&mut self, tls: Option<(String, String)>) {
@@ -972,6 +985,7 @@ impl ChainSession {
             picks,
             instances,
             shadows,
+            tap,
             ..
         } = self;
         let mut slots = Slots {
@@ -979,6 +993,7 @@ impl ChainSession {
             picks,
             instances,
             shadows,
+            tap: tap.as_ref(),
         };
         run_stage(&mut slots, Stage::Connect, Call::Connect(session)).await
     }
@@ -997,6 +1012,7 @@ impl ChainSession {
             picks,
             instances,
             shadows,
+            tap,
             ..
         } = self;
         let mut slots = Slots {
@@ -1004,6 +1020,7 @@ impl ChainSession {
             picks,
             instances,
             shadows,
+            tap: tap.as_ref(),
         };
         run_stage(&mut slots, Stage::Helo, Call::Helo(session, name)).await
     }
@@ -1020,6 +1037,7 @@ impl ChainSession {
             picks,
             instances,
             shadows,
+            tap,
             ..
         } = self;
         let mut slots = Slots {
@@ -1027,6 +1045,7 @@ impl ChainSession {
             picks,
             instances,
             shadows,
+            tap: tap.as_ref(),
         };
         let call = Call::MailFrom(session, sender, &params);
         run_stage(&mut slots, Stage::MailFrom, call).await
@@ -1050,6 +1069,7 @@ impl ChainSession {
             picks,
             instances,
             shadows,
+            tap,
             ..
         } = self;
         let mut slots = Slots {
@@ -1057,6 +1077,7 @@ impl ChainSession {
             picks,
             instances,
             shadows,
+            tap: tap.as_ref(),
         };
         let call = Call::Rcpt(session, &envelope, rcpt, &params);
         run_stage(&mut slots, Stage::Rcpt, call).await
@@ -1091,6 +1112,7 @@ impl ChainSession {
             picks,
             instances,
             shadows,
+            tap,
             ..
         } = self;
         let mut slots = Slots {
@@ -1098,6 +1120,7 @@ impl ChainSession {
             picks,
             instances,
             shadows,
+            tap: tap.as_ref(),
         };
         let stage = Stage::Data;
         for i in 0..slots.picks.len() {
@@ -1128,6 +1151,7 @@ async fn call_in_session(
     chain: &Chain,
     p: &LoadedPolicy,
     slot: &mut Option<Instance>,
+    tap: Option<&Arc<dyn HostTap>>,
     stage: Stage,
     call: Call<'_>,
 ) -> Result<Answer, CallError> {
@@ -1139,10 +1163,14 @@ async fn call_in_session(
             *slot = Some(chain.check_out(p, phase).await?);
         }
         let inst = slot.as_mut().expect("an instance was just made");
+        inst.store.data_mut().tap = tap.cloned();
         chain.call(p, inst, phase, call).await
     }
     .await;
     record_time(p, started);
+    if let Some(t) = tap {
+        tap::report(t.as_ref(), &p.name, stage, &result);
+    }
     if let Err(e) = &result {
         // A trapped instance refuses further calls: the next call of this
         // session gets a fresh one.
@@ -1159,6 +1187,10 @@ struct Slots<'a> {
     picks: &'a [Arc<LoadedPolicy>],
     instances: &'a mut [Option<Instance>],
     shadows: &'a mut [Option<Instance>],
+    /// The session's recorder or replay source; shadow candidates are
+    /// never tapped (they must not answer, nor be recorded as, the
+    /// session's policies).
+    tap: Option<&'a Arc<dyn HostTap>>,
 }
 
 impl Slots<'_> {
@@ -1182,14 +1214,29 @@ impl Slots<'_> {
             return None;
         }
         let mine = if p.declares(stage) {
-            let r =
-                call_in_session(self.chain, p, &mut self.instances[i], stage, call.clone()).await;
+            let r = call_in_session(
+                self.chain,
+                p,
+                &mut self.instances[i],
+                self.tap,
+                stage,
+                call.clone(),
+            )
+            .await;
             Some(judge(p, stage, r))
         } else {
             None
         };
         if let Some(c) = shadow {
-            let r = call_in_session(self.chain, &c.policy, &mut self.shadows[i], stage, call).await;
+            let r = call_in_session(
+                self.chain,
+                &c.policy,
+                &mut self.shadows[i],
+                None,
+                stage,
+                call,
+            )
+            .await;
             let theirs = Some(judge(&c.policy, stage, r));
             compare(c, stage, &mine, &theirs);
         }

@@ -21,6 +21,7 @@ use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 use super::bindings::sluice::policy::{clock, dns, errors, kv, log, message, metrics, types};
 use super::kv::KvError;
 use super::message::{MessageResource, cut};
+use super::tap::{self, HostCall, HostTap, Wire};
 use super::{Services, Stage};
 use crate::config::Capability;
 use crate::delivery::dns::DnsError;
@@ -263,6 +264,9 @@ pub(crate) struct HostState {
     pub(crate) table: ResourceTable,
     pub(crate) stdout: Capture,
     pub(crate) stderr: Capture,
+    /// The session's recorder or replay source, when there is one (see
+    /// [`super::tap`]).
+    pub(crate) tap: Option<Arc<dyn HostTap>>,
 }
 
 impl std::fmt::Debug for HostState {
@@ -315,7 +319,57 @@ impl HostState {
             table: ResourceTable::new(),
             stdout,
             stderr,
+            tap: None,
         }
+    }
+
+    /// Replay: the answer to `call(args)` from the tap, if it has one.
+    fn tapped<T: Wire>(
+        &self,
+        call: &str,
+        args: &[serde_json::Value],
+    ) -> Option<Result<T, HostError>> {
+        let tap = self.tap.as_ref()?;
+        tap.answer(&self.policy, call, args)
+            .map(|r| tap::from_result(call, r))
+    }
+
+    /// Record `call(args)` and its result `r` with the tap; return `r`.
+    fn tap_record<T: Wire>(
+        &self,
+        call: &str,
+        args: Vec<serde_json::Value>,
+        r: Result<T, HostError>,
+    ) -> Result<T, HostError> {
+        if let Some(tap) = &self.tap {
+            tap.host_call(
+                &self.policy,
+                HostCall {
+                    call: call.to_string(),
+                    args,
+                    result: tap::call_result(&r),
+                },
+            );
+        }
+        r
+    }
+
+    /// A host call through the tap: answered by it, or made by `live`;
+    /// recorded either way.
+    fn through_tap<T: Wire>(
+        &mut self,
+        call: &str,
+        args: Vec<serde_json::Value>,
+        live: impl FnOnce(&mut Self) -> Result<T, HostError>,
+    ) -> Result<T, HostError> {
+        if self.tap.is_none() {
+            return live(self);
+        }
+        let r = match self.tapped(call, &args) {
+            Some(r) => r,
+            None => live(self),
+        };
+        self.tap_record(call, args, r)
     }
 
     /// Reset the per-call budgets before a call.
@@ -419,12 +473,14 @@ impl clock::Host for HostState {
         if !self.grants.clock {
             return Err(HostError::AccessDenied);
         }
-        let d = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        Ok(clock::Timestamp {
-            seconds: u32::try_from(d.as_secs()).unwrap_or(u32::MAX),
-            millis: d.subsec_millis() as u16,
+        self.through_tap("clock.now", Vec::new(), |_| {
+            let d = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            Ok(clock::Timestamp {
+                seconds: u32::try_from(d.as_secs()).unwrap_or(u32::MAX),
+                millis: d.subsec_millis() as u16,
+            })
         })
     }
 }
@@ -444,7 +500,10 @@ impl metrics::Host for HostState {
                 "a counter name is 1 to 64 of [a-z0-9_]".into(),
             ));
         }
-        self.counters.add(&name, delta)
+        let args = vec![name.clone().into(), delta.into()];
+        self.through_tap("metrics.counter-add", args, |s| {
+            s.counters.add(&name, delta)
+        })
     }
 }
 
@@ -464,37 +523,48 @@ impl kv::Host for HostState {
         if !self.grants.kv {
             return Err(HostError::AccessDenied);
         }
-        self.services.kv.get(&self.policy, &key).map_err(kv_error)
+        self.through_tap("kv.get", vec![key.clone().into()], |s| {
+            s.services.kv.get(&s.policy, &key).map_err(kv_error)
+        })
     }
 
     fn set(&mut self, key: String, value: Vec<u8>, ttl_seconds: u32) -> Result<(), HostError> {
         if !self.grants.kv {
             return Err(HostError::AccessDenied);
         }
-        self.services
-            .kv
-            .set(&self.policy, &key, value, ttl(ttl_seconds))
-            .map_err(kv_error)
+        let args = vec![
+            key.clone().into(),
+            tap::bytes_value(&value),
+            ttl_seconds.into(),
+        ];
+        self.through_tap("kv.set", args, |s| {
+            s.services
+                .kv
+                .set(&s.policy, &key, value, ttl(ttl_seconds))
+                .map_err(kv_error)
+        })
     }
 
     fn incr(&mut self, key: String, delta: i32, ttl_seconds: u32) -> Result<i32, HostError> {
         if !self.grants.kv {
             return Err(HostError::AccessDenied);
         }
-        self.services
-            .kv
-            .incr(&self.policy, &key, delta, ttl(ttl_seconds))
-            .map_err(kv_error)
+        let args = vec![key.clone().into(), delta.into(), ttl_seconds.into()];
+        self.through_tap("kv.incr", args, |s| {
+            s.services
+                .kv
+                .incr(&s.policy, &key, delta, ttl(ttl_seconds))
+                .map_err(kv_error)
+        })
     }
 
     fn delete(&mut self, key: String) -> Result<(), HostError> {
         if !self.grants.kv {
             return Err(HostError::AccessDenied);
         }
-        self.services
-            .kv
-            .delete(&self.policy, &key)
-            .map_err(kv_error)
+        self.through_tap("kv.delete", vec![key.clone().into()], |s| {
+            s.services.kv.delete(&s.policy, &key).map_err(kv_error)
+        })
     }
 }
 
@@ -531,50 +601,66 @@ impl dns::Host for HostState {
     async fn a(&mut self, name: String) -> Result<Vec<String>, HostError> {
         self.dns_allowed()?;
         check_name(&name)?;
+        if let Some(r) = self.tapped("dns.a", &[name.clone().into()]) {
+            return self.tap_record("dns.a", vec![name.into()], r);
+        }
         let resolver = self.services.resolver.clone();
-        let ips = self.lookup(resolver.ips(&name)).await?;
-        Ok(ips
-            .into_iter()
-            .filter(IpAddr::is_ipv4)
-            .map(|ip| ip.to_string())
-            .collect())
+        let r = self.lookup(resolver.ips(&name)).await.map(|ips| {
+            ips.into_iter()
+                .filter(IpAddr::is_ipv4)
+                .map(|ip| ip.to_string())
+                .collect()
+        });
+        self.tap_record("dns.a", vec![name.into()], r)
     }
 
     async fn aaaa(&mut self, name: String) -> Result<Vec<String>, HostError> {
         self.dns_allowed()?;
         check_name(&name)?;
+        if let Some(r) = self.tapped("dns.aaaa", &[name.clone().into()]) {
+            return self.tap_record("dns.aaaa", vec![name.into()], r);
+        }
         let resolver = self.services.resolver.clone();
-        let ips = self.lookup(resolver.ips(&name)).await?;
-        Ok(ips
-            .into_iter()
-            .filter(IpAddr::is_ipv6)
-            .map(|ip| ip.to_string())
-            .collect())
+        let r = self.lookup(resolver.ips(&name)).await.map(|ips| {
+            ips.into_iter()
+                .filter(IpAddr::is_ipv6)
+                .map(|ip| ip.to_string())
+                .collect()
+        });
+        self.tap_record("dns.aaaa", vec![name.into()], r)
     }
 
     async fn mx(&mut self, name: String) -> Result<Vec<(u16, String)>, HostError> {
         self.dns_allowed()?;
         check_name(&name)?;
+        if let Some(r) = self.tapped("dns.mx", &[name.clone().into()]) {
+            return self.tap_record("dns.mx", vec![name.into()], r);
+        }
         let resolver = self.services.resolver.clone();
-        let mx = self.lookup(resolver.mx(&name)).await?;
-        Ok(mx
-            .into_iter()
-            .map(|m| {
-                let exchange = if m.exchange.is_empty() {
-                    ".".to_string()
-                } else {
-                    m.exchange
-                };
-                (m.preference, exchange)
-            })
-            .collect())
+        let r = self.lookup(resolver.mx(&name)).await.map(|mx| {
+            mx.into_iter()
+                .map(|m| {
+                    let exchange = if m.exchange.is_empty() {
+                        ".".to_string()
+                    } else {
+                        m.exchange
+                    };
+                    (m.preference, exchange)
+                })
+                .collect()
+        });
+        self.tap_record("dns.mx", vec![name.into()], r)
     }
 
     async fn txt(&mut self, name: String) -> Result<Vec<String>, HostError> {
         self.dns_allowed()?;
         check_name(&name)?;
+        if let Some(r) = self.tapped("dns.txt", &[name.clone().into()]) {
+            return self.tap_record("dns.txt", vec![name.into()], r);
+        }
         let resolver = self.services.resolver.clone();
-        self.lookup(resolver.txt(&name)).await
+        let r = self.lookup(resolver.txt(&name)).await;
+        self.tap_record("dns.txt", vec![name.into()], r)
     }
 
     async fn ptr(&mut self, ip: String) -> Result<Vec<String>, HostError> {
@@ -582,8 +668,12 @@ impl dns::Host for HostState {
         let addr: IpAddr = ip.parse().map_err(|_| {
             HostError::InvalidArgument(format!("not an IP address: {:?}", cut(&ip, 100)))
         })?;
+        if let Some(r) = self.tapped("dns.ptr", &[ip.clone().into()]) {
+            return self.tap_record("dns.ptr", vec![ip.into()], r);
+        }
         let resolver = self.services.resolver.clone();
-        self.lookup(resolver.ptr(addr)).await
+        let r = self.lookup(resolver.ptr(addr)).await;
+        self.tap_record("dns.ptr", vec![ip.into()], r)
     }
 }
 

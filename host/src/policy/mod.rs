@@ -101,6 +101,7 @@ mod host;
 mod kv;
 mod message;
 mod reload;
+pub mod tap;
 #[cfg(test)]
 mod tests;
 
@@ -114,6 +115,7 @@ pub use engine::{Engine, Precompiled};
 pub use kv::{KvError, KvStore};
 pub use message::MessageResource;
 pub use reload::{LiveChain, ReloadReport, Reloader, report_json, watch};
+pub use tap::HostTap;
 
 use crate::delivery::Route;
 use crate::delivery::dns::Resolver;

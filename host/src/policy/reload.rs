@@ -223,6 +223,13 @@ impl Reloader {
             .reload_chain(&config.policies, self.services.clone(), current.as_deref())
             .await
             .map_err(|e| e.to_string())?;
+        // A new version that ships session tests passes them before it
+        // serves anyone.
+        for (p, is_new) in config.policies.iter().zip(&fresh) {
+            if let (Some(dir), true) = (&p.tests, *is_new) {
+                run_session_tests(p, dir, engine.cache_dir()).await?;
+            }
+        }
         let same = current.as_ref().is_some_and(|c| {
             c.policies.len() == chain.policies.len()
                 && c.policies
@@ -285,6 +292,68 @@ impl Reloader {
             "last_reload": last,
         })
     }
+}
+
+/// Longest a policy's session tests may run before the reload gives up.
+const SESSION_TESTS_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Run `sluice test DIR --policy NAME=FILE` (this executable, in a child
+/// process of its own: off the serving threads, and a test that
+/// misbehaves cannot touch the gateway) for the version just loaded.
+async fn run_session_tests(
+    p: &crate::config::PolicyConfig,
+    dir: &Path,
+    cache: &Path,
+) -> Result<(), String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("policy {:?}: cannot run its session tests: {e}", p.name))?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("test")
+        .arg("--policy")
+        .arg(format!("{}={}", p.name, p.path.display()))
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = match tokio::time::timeout(SESSION_TESTS_TIMEOUT, cmd.output()).await {
+        Err(_) => {
+            return Err(format!(
+                "policy {:?}: its session tests in {} ran past {}s",
+                p.name,
+                dir.display(),
+                SESSION_TESTS_TIMEOUT.as_secs()
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(format!(
+                "policy {:?}: cannot run its session tests: {e}",
+                p.name
+            ));
+        }
+        Ok(Ok(out)) => out,
+    };
+    if out.status.success() {
+        return Ok(());
+    }
+    // The failing cases and the totals, on one line.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("FAIL") || l.starts_with("      ") || l.contains(" passed, "))
+        .map(str::trim)
+        .take(6)
+        .collect();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if lines.is_empty() {
+        lines.extend(err.lines().map(str::trim).filter(|l| !l.is_empty()).take(3));
+    }
+    Err(format!(
+        "policy {:?}: its session tests in {} failed: {}",
+        p.name,
+        dir.display(),
+        lines.join("; ")
+    ))
 }
 
 /// A report as JSON, for the admin interface.

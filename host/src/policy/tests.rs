@@ -116,6 +116,7 @@ fn policy(name: &str, guest: &str, config: serde_json::Value) -> PolicyConfig {
         candidate: None,
         candidate_mode: Default::default(),
         canary_percent: 10,
+        tests: None,
         config,
     }
 }

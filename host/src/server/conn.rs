@@ -138,12 +138,42 @@ pub(super) async fn handle(
         }),
         sender_params: Vec::new(),
         data_note: None,
+        rec: None,
     };
+    // The recorder names the chain this session runs (a session keeps the
+    // chain it started with).
+    d.rec = shared.recorder.as_ref().and_then(|r| {
+        r.session(cfg.record, || {
+            let (id, started) = crate::record::new_id_and_time();
+            crate::record::SessionStart {
+                id,
+                started,
+                listener: local.to_string(),
+                peer: peer.client,
+                proxy: peer.proxy,
+                tls: peer
+                    .tls
+                    .as_ref()
+                    .map(|t| (t.version.clone(), t.cipher.clone())),
+                relay_client: shared.access.may_relay(peer.client.ip()),
+                chain: d.policies.as_ref().map(|p| p.chain().clone()),
+            }
+        })
+    });
+    if let Some(rec) = &d.rec {
+        d.session.log_commands();
+        if let Some(p) = &mut d.policies {
+            p.set_tap(rec.clone());
+        }
+    }
     if !early.is_empty() {
         d.session.feed(&early);
     }
     if let Err(e) = d.run(stream, shutdown).await {
         tracing::debug!(client = %d.peer.client, error = %e, "connection ended");
+    }
+    if let Some(rec) = d.rec.take() {
+        rec.finish();
     }
 }
 
@@ -159,6 +189,8 @@ struct Driver {
     sender_params: Vec<(String, String)>,
     /// How the data stage ended when it did not simply store.
     data_note: Option<&'static str>,
+    /// The session's recorder, when it is recorded.
+    rec: Option<Arc<crate::record::SessionTap>>,
 }
 
 impl Driver {
@@ -187,7 +219,14 @@ impl Driver {
         let mut buf = vec![0u8; READ_CHUNK];
         let mut told_shutdown = false;
         loop {
-            match self.session.next_action() {
+            let action = self.session.next_action();
+            if let Some(rec) = &self.rec {
+                rec.commands(self.session.take_commands());
+                if let Action::Send(r) = &action {
+                    rec.reply(r);
+                }
+            }
+            match action {
                 Action::Send(r) => r.write_to(&mut self.wbuf),
                 Action::Check(Check::Connect) if *shutdown.borrow() => {
                     // Accepted just as shutdown began: no new session.
@@ -201,9 +240,15 @@ impl Driver {
                         Verdict::Accept => self.ask_policies(&c).await,
                         refused => refused,
                     };
+                    if let Some(rec) = &self.rec {
+                        rec.stage(&c, &v);
+                    }
                     self.session.answer(v);
                 }
                 Action::Store(t) => {
+                    if let Some(rec) = &self.rec {
+                        rec.message(&t.body);
+                    }
                     let r = self.store(*t).await;
                     self.session.stored(r);
                 }
@@ -236,6 +281,9 @@ impl Driver {
                         std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
                     })??;
                     let info = tls_info(&tls, false);
+                    if let Some(rec) = &self.rec {
+                        rec.tls(&info.version, &info.cipher);
+                    }
                     if let Some(p) = &mut self.policies {
                         p.set_tls(Some((info.version.clone(), info.cipher.clone())));
                     }
@@ -324,6 +372,9 @@ impl Driver {
                 recipients: t.recipients.iter().map(|r| r.to.to_string()).collect(),
             };
             let d = p.data(&env, &t.body).await;
+            if let Some(rec) = &self.rec {
+                rec.data(&d);
+            }
             match d.outcome {
                 DataOutcome::Reject(r) | DataOutcome::Tempfail(r) => {
                     self.data_note = Some("refused");
@@ -412,7 +463,7 @@ impl Driver {
 }
 
 /// MAIL FROM parameters as `(NAME, value)` pairs for the policies.
-fn mail_params(p: &MailParams) -> Vec<(String, String)> {
+pub(crate) fn mail_params(p: &MailParams) -> Vec<(String, String)> {
     let mut v = Vec::new();
     if let Some(size) = p.size {
         v.push(("SIZE".into(), size.to_string()));
@@ -437,7 +488,7 @@ fn mail_params(p: &MailParams) -> Vec<(String, String)> {
 }
 
 /// RCPT TO parameters as `(NAME, value)` pairs for the policies.
-fn rcpt_params(p: &RcptParams) -> Vec<(String, String)> {
+pub(crate) fn rcpt_params(p: &RcptParams) -> Vec<(String, String)> {
     let mut v = Vec::new();
     if let Some(n) = p.notify {
         v.push(("NOTIFY".into(), n.to_param()));

@@ -5,6 +5,7 @@
 pub mod access;
 mod changes;
 mod conn;
+pub(crate) use conn::{mail_params, rcpt_params};
 pub mod limits;
 pub mod proxy;
 mod stream;
@@ -56,6 +57,9 @@ pub enum ServerError {
     /// A policy could not be loaded.
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    /// The recording writer could not start.
+    #[error("cannot start the session recorder: {0}")]
+    Record(std::io::Error),
 }
 
 /// Everything a connection needs, shared.
@@ -69,6 +73,8 @@ pub(crate) struct Shared {
     pub(crate) queue: Queue,
     /// The policy chain new sessions get (swapped by reloads).
     pub(crate) chain: Arc<crate::policy::LiveChain>,
+    /// The session recorder; `None` when no listener records.
+    pub(crate) recorder: Option<crate::record::Recorder>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -200,7 +206,17 @@ impl Server {
             chain: chain.clone(),
         })?;
         let admin = crate::admin::bind(&config.data_dir)?;
+        let recorder = if config
+            .listeners
+            .iter()
+            .any(|l| l.record != crate::config::RecordMode::Off)
+        {
+            Some(crate::record::Recorder::start(&config.record).map_err(ServerError::Record)?)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
+            recorder,
             access: access::AccessRules::new(
                 config.local_domains.clone(),
                 config.relay_networks.clone(),
@@ -277,6 +293,16 @@ impl Server {
                 open = max as usize - self.shared.connections.available_permits(),
                 "shutdown timeout: closing sessions still open"
             ),
+        }
+        if self.shared.recorder.is_some() {
+            // Sessions have ended: write what they recorded.
+            let shared = self.shared.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(r) = &shared.recorder {
+                    r.flush(Duration::from_secs(10));
+                }
+            })
+            .await;
         }
         let _ = admin_task.await;
         let _ = queue_task.await;

@@ -219,6 +219,8 @@ pub struct Session {
     bad_commands: u32,
     bytes_in: u64,
     shutdown: bool,
+    /// Command lines taken, kept for a recorder when it asked for them.
+    command_log: Option<Vec<Vec<u8>>>,
 }
 
 impl Session {
@@ -236,7 +238,24 @@ impl Session {
             bad_commands: 0,
             bytes_in: 0,
             shutdown: false,
+            command_log: None,
         }
+    }
+
+    /// Keep every command line taken (without its line end) for
+    /// [`Session::take_commands`]: a session recorder reads them.
+    pub fn log_commands(&mut self) {
+        self.command_log.get_or_insert_with(Vec::new);
+    }
+
+    /// The command lines taken since the last call (none unless
+    /// [`Session::log_commands`] was called). Message content is never
+    /// included.
+    pub fn take_commands(&mut self) -> Vec<Vec<u8>> {
+        self.command_log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Bytes received from the client.
@@ -446,7 +465,12 @@ impl Session {
                         continue;
                     }
                     match self.take_line() {
-                        Some(Ok(line)) => self.command(&line),
+                        Some(Ok(line)) => {
+                            if let Some(log) = &mut self.command_log {
+                                log.push(line.clone());
+                            }
+                            self.command(&line)
+                        }
                         Some(Err(r)) => self.protocol_error(r),
                         None => return Action::NeedInput,
                     }
