@@ -21,6 +21,7 @@ pub mod config;
 pub mod delivery;
 pub mod policy;
 pub mod queue;
+pub mod scaffold;
 pub mod server;
 pub mod smtp;
 pub mod spool;
