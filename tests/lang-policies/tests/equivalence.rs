@@ -87,11 +87,11 @@ fn run_session(server: &Server, session: &Session) -> Vec<String> {
     }
     for step in session.steps {
         let reply = match step {
-            Step::Cmd(line) => {
+            Cmd(line) => {
                 smtp.send(line);
                 smtp.try_reply()
             }
-            Step::Data(message) => {
+            Data(message) => {
                 smtp.send("DATA");
                 match smtp.try_reply() {
                     Some(r) if r.code == 354 => {
