@@ -24,6 +24,7 @@ pub mod delivery;
 pub mod policy;
 pub mod queue;
 pub mod record;
+pub mod scaffold;
 pub mod server;
 pub mod smtp;
 pub mod spool;

@@ -125,6 +125,25 @@ enum PolicyAction {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Make a new policy, ready to build and test, from a template.
+    New {
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: sluice::scaffold::Lang,
+        /// The policy's name (a-z, 0-9, dashes).
+        name: String,
+        /// The folder to make (default ./NAME); must not exist or be empty.
+        dir: Option<PathBuf>,
+    },
+    /// Build the policy in a folder (Rust, Python, JavaScript or C) into a
+    /// component.
+    Build {
+        /// The policy's folder.
+        dir: PathBuf,
+        /// The component to write (default DIR/target/NAME.wasm).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
     /// Reload the policies of a running gateway now: its config file's
     /// chain is loaded (changed policies compiled, instantiated, init'ed)
     /// and swapped in for new sessions; on any failure the running
@@ -197,6 +216,17 @@ fn print_policy_stats(p: &serde_json::Value, indent: &str) {
 
 fn policy_command(action: PolicyAction) -> anyhow::Result<()> {
     match action {
+        PolicyAction::New { lang, name, dir } => {
+            let dir = sluice::scaffold::new_policy(lang, &name, dir.as_deref())?;
+            println!("made {lang} policy {name} in {}", dir.display());
+            Ok(())
+        }
+        PolicyAction::Build { dir, out } => {
+            let started = std::time::Instant::now();
+            let wasm = sluice::scaffold::build(&dir, out.as_deref())?;
+            println!("built {} in {:.1?}", wasm.display(), started.elapsed());
+            Ok(())
+        }
         PolicyAction::Compile { config, files } => {
             let cfg = match &config {
                 Some(path) => Config::load(path)?,
