@@ -8,7 +8,9 @@
 //!   `init` with the config + `on-connect`), pooling allocator;
 //! - `rcpt_warm/LANG`: one `on-rcpt` call on a live instance;
 //! - `session/LANG`: a whole transaction's hooks (connect, helo, mail, three
-//!   rcpt) on a fresh instance.
+//!   rcpt) on a fresh instance;
+//! - `session_reused/LANG`: the same with `reuse_instances` (a warm,
+//!   `init`ed instance left by the session before).
 //!
 //! The components come from `bench/lang.sh`, which builds them with
 //! `sluice policy build` and names them in `SLUICE_BENCH_COMPONENTS`
@@ -36,7 +38,7 @@ fn components() -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-fn policy(path: &Path) -> PolicyConfig {
+fn policy(path: &Path, reuse: bool) -> PolicyConfig {
     let config: toml::Table = toml::from_str(
         r#"deny_networks = ["203.0.113.0/24", "2001:db8:bad::/48"]
 allow_networks = ["203.0.113.99"]
@@ -53,6 +55,11 @@ allow_recipients = ["postmaster@"]"#,
         on_error: OnError::Tempfail,
         max_memory: ByteSize(128 << 20),
         timeout: Duration::from_secs(1),
+        reuse_instances: reuse,
+        candidate: None,
+        candidate_mode: Default::default(),
+        canary_percent: 10,
+        tests: None,
         config,
     }
 }
@@ -91,8 +98,14 @@ fn benches(c: &mut Criterion) {
     })
     .unwrap();
     let mut chains: Vec<(String, Arc<Chain>)> = Vec::new();
+    let mut reused: Vec<(String, Arc<Chain>)> = Vec::new();
     for (lang, path) in components() {
-        let p = [policy(&path)];
+        let r = [policy(&path, true)];
+        reused.push((
+            lang.clone(),
+            rt.block_on(engine.load_chain(&r, services())).unwrap(),
+        ));
+        let p = [policy(&path, false)];
         // The first load fills the cache (compiling); the second is timed.
         rt.block_on(engine.load_chain(&p, services())).unwrap();
         let started = Instant::now();
@@ -145,28 +158,32 @@ fn benches(c: &mut Criterion) {
     }
     g.finish();
 
-    let mut g = c.benchmark_group("session");
-    for (lang, chain) in &chains {
-        g.bench_function(lang.as_str(), |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        let mut session = chain.session(info());
-                        assert_eq!(session.connect().await, Decision::Continue);
-                        assert_eq!(session.helo("client.example").await, Decision::Continue);
-                        let d = session.mail_from("ann@sender.example", &[]).await;
-                        assert_eq!(d, Decision::Continue);
-                        for r in ["a@example.com", "b@example.com", "c@example.com"] {
-                            assert_eq!(session.rcpt(&env, r, &[]).await, Decision::Continue);
+    // The whole session with a fresh instance (the default), then with
+    // reuse_instances (a warm, init'ed instance from the session before).
+    for (group, list) in [("session", &chains), ("session_reused", &reused)] {
+        let mut g = c.benchmark_group(group);
+        for (lang, chain) in list {
+            g.bench_function(lang.as_str(), |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            let mut session = chain.session(info());
+                            assert_eq!(session.connect().await, Decision::Continue);
+                            assert_eq!(session.helo("client.example").await, Decision::Continue);
+                            let d = session.mail_from("ann@sender.example", &[]).await;
+                            assert_eq!(d, Decision::Continue);
+                            for r in ["a@example.com", "b@example.com", "c@example.com"] {
+                                assert_eq!(session.rcpt(&env, r, &[]).await, Decision::Continue);
+                            }
                         }
-                    }
-                    start.elapsed()
+                        start.elapsed()
+                    })
                 })
-            })
-        });
+            });
+        }
+        g.finish();
     }
-    g.finish();
 }
 
 fn config() -> Criterion {
