@@ -761,42 +761,38 @@ fn fix_reply(p: &LoadedPolicy, stage: Stage, r: &types::Reply, class: u16) -> Re
     Reply::new(code, enhanced, text)
 }
 
-/// A verdict at a stage other than data: `None` to ask the next policy.
-fn decide(p: &LoadedPolicy, stage: Stage, v: &types::Verdict) -> Option<Decision> {
+/// Count a verdict in its policy's figures.
+fn count(p: &LoadedPolicy, v: &types::Verdict) {
     let s = &p.stats;
+    bump(match v {
+        types::Verdict::Continue => &s.continued,
+        types::Verdict::Accept => &s.accepted,
+        types::Verdict::Reject(_) => &s.rejected,
+        types::Verdict::Tempfail(_) => &s.tempfailed,
+        types::Verdict::Discard => &s.discarded,
+        types::Verdict::Quarantine(_) => &s.quarantined,
+    });
+}
+
+/// A verdict at a stage other than data (counted): `None` to ask the next
+/// policy.
+fn decide(p: &LoadedPolicy, stage: Stage, v: &types::Verdict) -> Option<Decision> {
+    count(p, v);
     match v {
-        types::Verdict::Continue => {
-            bump(&s.continued);
-            None
-        }
-        types::Verdict::Accept => {
-            bump(&s.accepted);
-            Some(Decision::Accept)
-        }
-        types::Verdict::Reject(r) => {
-            bump(&s.rejected);
-            Some(Decision::Reject(fix_reply(p, stage, r, 5)))
-        }
-        types::Verdict::Tempfail(r) => {
-            bump(&s.tempfailed);
-            Some(Decision::Tempfail(fix_reply(p, stage, r, 4)))
-        }
-        types::Verdict::Discard => {
-            bump(&s.discarded);
-            Some(Decision::Reject(Reply::new(
-                550,
-                Enhanced(5, 7, 1),
-                "Refused by policy",
-            )))
-        }
-        types::Verdict::Quarantine(_) => {
-            bump(&s.quarantined);
-            Some(Decision::Tempfail(Reply::new(
-                451,
-                Enhanced(4, 7, 1),
-                "Held by policy, try again later",
-            )))
-        }
+        types::Verdict::Continue => None,
+        types::Verdict::Accept => Some(Decision::Accept),
+        types::Verdict::Reject(r) => Some(Decision::Reject(fix_reply(p, stage, r, 5))),
+        types::Verdict::Tempfail(r) => Some(Decision::Tempfail(fix_reply(p, stage, r, 4))),
+        types::Verdict::Discard => Some(Decision::Reject(Reply::new(
+            550,
+            Enhanced(5, 7, 1),
+            "Refused by policy",
+        ))),
+        types::Verdict::Quarantine(_) => Some(Decision::Tempfail(Reply::new(
+            451,
+            Enhanced(4, 7, 1),
+            "Held by policy, try again later",
+        ))),
     }
 }
 
@@ -1297,30 +1293,14 @@ fn data_outcome(
     };
     let mut changes = Vec::new();
     convert_changes(p, answer.changes, &mut changes);
-    let s = &p.stats;
+    count(p, &answer.verdict);
     let outcome = match &answer.verdict {
-        types::Verdict::Continue => {
-            bump(&s.continued);
-            None
-        }
-        types::Verdict::Accept => {
-            bump(&s.accepted);
-            Some(DataOutcome::Accept)
-        }
-        types::Verdict::Reject(r) => {
-            bump(&s.rejected);
-            Some(DataOutcome::Reject(fix_reply(p, stage, r, 5)))
-        }
-        types::Verdict::Tempfail(r) => {
-            bump(&s.tempfailed);
-            Some(DataOutcome::Tempfail(fix_reply(p, stage, r, 4)))
-        }
-        types::Verdict::Discard => {
-            bump(&s.discarded);
-            Some(DataOutcome::Discard)
-        }
+        types::Verdict::Continue => None,
+        types::Verdict::Accept => Some(DataOutcome::Accept),
+        types::Verdict::Reject(r) => Some(DataOutcome::Reject(fix_reply(p, stage, r, 5))),
+        types::Verdict::Tempfail(r) => Some(DataOutcome::Tempfail(fix_reply(p, stage, r, 4))),
+        types::Verdict::Discard => Some(DataOutcome::Discard),
         types::Verdict::Quarantine(reason) => {
-            bump(&s.quarantined);
             Some(DataOutcome::Quarantine(clean(reason, MAX_REASON)))
         }
     };
