@@ -1,5 +1,5 @@
 //! The same job in every language gives the same result: each shipped
-//! Rust policy that has Python and JavaScript versions is loaded into
+//! Rust policy that has Python, JavaScript or C versions is loaded into
 //! the real gateway once per language, with the same config, and the same
 //! table of SMTP sessions runs against it. Every reply, every delivered
 //! message (less its `Received:` field), every quarantined message and
@@ -425,4 +425,75 @@ fn header_rules_are_the_same_in_every_language() {
         &[("user", 2)],
         1,
     );
+}
+
+/// The C example (`policies/c/access`) has no network lists: the access
+/// table without them.
+const ACCESS_C_CONFIG: &str = r#"deny_helo = ["*.bad.example", "localhost"]
+allow_helo = ["good.bad.example"]
+deny_senders = ["@spam.example", "*.bulk.example", "noreply@"]
+allow_senders = ["billing@spam.example"]
+deny_recipients = ["blocked@example.com", "@*.internal.example"]
+allow_recipients = ["postmaster@"]
+reject_text = "Access denied by policy"
+"#;
+
+#[test]
+fn access_in_c_is_the_same_as_in_rust() {
+    let sessions: Vec<Session> = ACCESS_SESSIONS
+        .iter()
+        .filter(|s| s.client.is_none())
+        .copied()
+        .chain([Session {
+            client: None,
+            steps: &[
+                Cmd("HELO good.bad.example"),
+                Cmd("MAIL FROM:<Billing@Spam.Example>"),
+                Cmd("RCPT TO:<x@internal.example>"),
+                Cmd("RCPT TO:<POSTMASTER@elsewhere.example>"),
+                Cmd("RCPT TO:<user@example.com>"),
+                Cmd("QUIT"),
+            ],
+        }])
+        .collect();
+    equivalent(
+        "access",
+        &["c"],
+        ACCESS_C_CONFIG,
+        &sessions,
+        &[("user", 2), ("postmaster", 1)],
+        0,
+    );
+}
+
+#[test]
+fn access_in_c_tempfail_and_accept_variant_is_the_same_as_in_rust() {
+    let config = r#"allow_action = "accept"
+allow_helo = ["*.example"]
+deny_helo = ["[127.0.0.1]"]
+deny_senders = ["<>", "b.example"]
+allow_senders = ["ok@b.example"]
+reject_code = 450
+reject_status = "4.7.26"
+reject_text = "Come back later"
+"#;
+    let sessions = &[
+        Session {
+            client: None,
+            steps: &[Cmd("EHLO [127.0.0.1]"), Cmd("QUIT")],
+        },
+        Session {
+            client: None,
+            steps: &[
+                Cmd("EHLO A.Example"),
+                Cmd("MAIL FROM:<>"),
+                Cmd("MAIL FROM:<x@B.example>"),
+                Cmd("MAIL FROM:<ok@b.example>"),
+                Cmd("RCPT TO:<user@example.com>"),
+                Data("Subject: x\n\ny\n"),
+                Cmd("QUIT"),
+            ],
+        },
+    ];
+    equivalent("access", &["c"], config, sessions, &[("user", 1)], 0);
 }
