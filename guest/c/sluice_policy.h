@@ -6,14 +6,17 @@
  *
  *   - strings: make a WIT string from a C string (heap copy), a C string
  *     from a WIT string, compare, lower-case;
- *   - verdicts: continue, accept, reject and tempfail replies;
+ *   - verdicts: continue, accept, reject and tempfail replies; data-stage
+ *     results with added header fields;
  *   - host calls: log a line, add to a counter (ignoring access-denied);
  *   - a small JSON reader for the `init` config (objects, arrays,
  *     strings, integers, true/false/null).
  *
  * Memory rules of the generated bindings (manual memory management):
  *   - an export receives its arguments as owned values: free them (the
- *     generated `*_free` functions) before returning;
+ *     generated `*_free` functions) before returning, and drop the
+ *     borrowed message of on-data
+ *     (sluice_policy_message_message_drop_borrow), or the call traps;
  *   - whatever an export returns is freed by the bindings after the host
  *     has read it, so every string in a result must be heap-allocated
  *     (sp_string() copies; never point a result at a literal).
@@ -155,6 +158,33 @@ static inline void sp_refuse(sp_verdict_t *ret, uint16_t code, const char *enhan
         ret->tag = SLUICE_POLICY_TYPES_VERDICT_REJECT;
         ret->val.reject = reply;
     }
+}
+
+typedef exports_sluice_policy_policy_data_result_t sp_data_result_t;
+
+/* A data-stage result: "continue" and no changes. */
+static inline void sp_data_continue(sp_data_result_t *ret) {
+    sp_continue(&ret->verdict);
+    ret->changes.ptr = NULL;
+    ret->changes.len = 0;
+}
+
+/* Append a change to a data-stage result (the list grows on the heap). */
+static inline sluice_policy_types_change_t *sp_data_change(sp_data_result_t *ret) {
+    size_t n = ret->changes.len + 1;
+    ret->changes.ptr = (sluice_policy_types_change_t *)realloc(ret->changes.ptr,
+                                                               n * sizeof *ret->changes.ptr);
+    ret->changes.len = n;
+    return &ret->changes.ptr[n - 1];
+}
+
+/* Ask for a header field to be added (the strings are copied). */
+static inline void sp_data_add_header(sp_data_result_t *ret, const char *name,
+                                      const char *value) {
+    sluice_policy_types_change_t *c = sp_data_change(ret);
+    c->tag = SLUICE_POLICY_TYPES_CHANGE_ADD_HEADER;
+    c->val.add_header.name = sp_string(name);
+    c->val.add_header.value = sp_string(value);
 }
 
 /* ------------------------------------------------------------------ */

@@ -35,9 +35,7 @@ pub enum Lang {
     /// JavaScript, with the `sluice-policy.js` SDK and componentize-qjs.
     Js,
     /// C, with the header-only `sluice_policy.h` and the committed
-    /// `wit-bindgen c` bindings, built with zig cc. `sluice policy build`
-    /// only: there is no C template yet.
-    #[value(skip)]
+    /// `wit-bindgen c` bindings, built with zig cc.
     C,
 }
 
@@ -181,7 +179,12 @@ fn templates(lang: Lang) -> &'static [(&'static str, &'static str)] {
             ("README.md", include_str!("templates/js/README.md")),
             (".gitignore", "/target\n"),
         ],
-        Lang::C => &[],
+        Lang::C => &[
+            ("{{module}}.c", include_str!("templates/c/policy.c")),
+            ("sessions.toml", include_str!("templates/sessions.toml")),
+            ("README.md", include_str!("templates/c/README.md")),
+            (".gitignore", "/target\n"),
+        ],
     }
 }
 
@@ -248,9 +251,6 @@ fn repo_guest(dir: &Path) -> Option<PathBuf> {
 /// not exist or be empty. Returns the folder.
 pub fn new_policy(lang: Lang, name: &str, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     let names = Names::new(name)?;
-    if lang == Lang::C {
-        bail!("there is no C template yet: start from policies/c/access in a Sluice checkout");
-    }
     let dir = dir.map_or_else(|| PathBuf::from(name), Path::to_path_buf);
     if dir.exists()
         && std::fs::read_dir(&dir)
@@ -779,6 +779,11 @@ mod tests {
         assert_eq!(detect(&dir).ok(), Some(Lang::Js));
         std::fs::write(dir.join("p.py"), "export_policy(P)").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(detect(&dir).ok(), Some(Lang::Python));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.join("p.c"), format!("void {C_MARKER}(void) {{}}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(detect(&dir).ok(), Some(Lang::C));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -402,7 +402,7 @@ void exports_sluice_policy_policy_on_data(exports_sluice_policy_policy_session_t
                                           exports_sluice_policy_policy_envelope_t *envelope,
                                           exports_sluice_policy_policy_borrow_message_t message,
                                           exports_sluice_policy_policy_data_result_t *ret) {
-    (void)message;
+    sluice_policy_message_message_drop_borrow(message); /* borrowed handles must be dropped */
     sluice_policy_types_session_free(session);
     sluice_policy_types_envelope_free(envelope);
     sp_continue(&ret->verdict);
