@@ -1,12 +1,9 @@
-/* access in C: allow and deny lists for the HELO name, the sender and the
- * recipients, with the configuration keys of the Rust policy
- * `policies/access` (see its README for the patterns).
- *
- * A subset of that policy: the network lists (`allow_networks`,
- * `deny_networks`) are not implemented here and are refused at load time.
- * Case is folded for ASCII letters, as in Rust. Everything else behaves as
- * the Rust policy does, which tests/lang-policies checks session by
- * session through the gateway.
+/* access in C: allow and deny lists for the client address, the HELO
+ * name, the sender and the recipients, with the configuration keys of the
+ * Rust policy `policies/access` (see its README for the patterns). It
+ * behaves as the Rust policy does (case is folded for ASCII letters, as
+ * there), which tests/lang-policies checks session by session through the
+ * gateway; only the error texts for a malformed config are shorter.
  *
  * At each stage an allow match wins over a deny match; an allowed value
  * gets "continue" (or "accept" with allow_action = "accept"), a denied one
@@ -40,8 +37,21 @@ typedef struct {
     list_t allow, deny;
 } lists_t;
 
+/* A network: 4 (IPv4) or 16 (IPv6) address octets and a prefix length. */
+typedef struct {
+    uint8_t addr[16];
+    int octets;
+    int len;
+} network_t;
+
+typedef struct {
+    network_t *items;
+    size_t len;
+} networks_t;
+
 static struct {
     bool allow_accepts;
+    networks_t allow_networks, deny_networks;
     lists_t helo, senders, recipients;
     uint16_t code;
     char *status, *text;
@@ -191,6 +201,156 @@ static char *read_list(const sp_json_t *cfg, const char *key,
     return NULL;
 }
 
+/* Dotted-quad IPv4 into out[4]. */
+static bool parse_v4(const char *s, uint8_t out[4]) {
+    for (int i = 0; i < 4; i++) {
+        int digits = 0, v = 0;
+        while (*s >= '0' && *s <= '9') {
+            v = v * 10 + (*s++ - '0');
+            if (++digits > 3 || v > 255) return false;
+        }
+        if (!digits) return false;
+        out[i] = (uint8_t)v;
+        if (i < 3 && *s++ != '.') return false;
+    }
+    return *s == '\0';
+}
+
+/* IPv6 text (with "::" and an optional dotted-quad tail) into out[16]. */
+static bool parse_v6(const char *s, uint8_t out[16]) {
+    uint16_t head[8], tail[8];
+    int nh = 0, nt = 0;
+    bool gap = false;
+    uint8_t v4[4];
+    if (s[0] == ':' && s[1] == ':') {
+        gap = true;
+        s += 2;
+    } else if (*s == ':') {
+        return false;
+    }
+    while (*s) {
+        if (nh + nt >= 8) return false;
+        /* a dotted-quad tail takes two groups */
+        const char *dot = strchr(s, '.');
+        if (dot && !strchr(s, ':')) {
+            if (nh + nt > 6 || !parse_v4(s, v4)) return false;
+            uint16_t *g = gap ? tail : head;
+            int *n = gap ? &nt : &nh;
+            g[(*n)++] = (uint16_t)(v4[0] << 8 | v4[1]);
+            g[(*n)++] = (uint16_t)(v4[2] << 8 | v4[3]);
+            s += strlen(s);
+            break;
+        }
+        int digits = 0;
+        unsigned v = 0;
+        int h;
+        while ((h = sp_json_hex(*s)) >= 0) {
+            v = v * 16 + (unsigned)h;
+            s++;
+            if (++digits > 4) return false;
+        }
+        if (!digits) return false;
+        if (gap) tail[nt++] = (uint16_t)v;
+        else head[nh++] = (uint16_t)v;
+        if (*s == ':') {
+            s++;
+            if (*s == ':') {
+                if (gap) return false;
+                gap = true;
+                s++;
+            } else if (!*s) {
+                return false;
+            }
+        } else if (*s) {
+            return false;
+        }
+    }
+    if (gap ? nh + nt > 7 : nh != 8) return false;
+    uint16_t groups[8] = {0};
+    for (int i = 0; i < nh; i++) groups[i] = head[i];
+    for (int i = 0; i < nt; i++) groups[8 - nt + i] = tail[i];
+    for (int i = 0; i < 8; i++) {
+        out[2 * i] = (uint8_t)(groups[i] >> 8);
+        out[2 * i + 1] = (uint8_t)groups[i];
+    }
+    return true;
+}
+
+/* An address into `out` (len: a network of one). IPv4-mapped IPv6
+ * addresses stay IPv6 here; see canonical(). */
+static bool parse_ip(const char *s, network_t *out) {
+    memset(out, 0, sizeof *out);
+    if (strchr(s, ':')) {
+        out->octets = 16;
+        out->len = 128;
+        return parse_v6(s, out->addr);
+    }
+    out->octets = 4;
+    out->len = 32;
+    return parse_v4(s, out->addr);
+}
+
+/* An IPv4-mapped IPv6 address (::ffff:a.b.c.d) as its IPv4 address. */
+static void canonical(network_t *ip) {
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (ip->octets == 16 && memcmp(ip->addr, mapped, 12) == 0) {
+        memmove(ip->addr, ip->addr + 12, 4);
+        memset(ip->addr + 4, 0, 12);
+        ip->octets = 4;
+        ip->len = 32;
+    }
+}
+
+/* "addr/len" or a plain address (trimmed). */
+static bool parse_network(char *text, network_t *out) {
+    char *slash = strchr(text, '/');
+    if (slash) *slash = '\0';
+    if (!parse_ip(text, out)) return false;
+    if (slash) {
+        const char *p = slash + 1;
+        int len = 0, digits = 0;
+        while (*p >= '0' && *p <= '9' && digits < 4) {
+            len = len * 10 + (*p++ - '0');
+            digits++;
+        }
+        if (!digits || *p || len > out->octets * 8) return false;
+        out->len = len;
+    }
+    return true;
+}
+
+static bool network_contains(const network_t *net, const network_t *ip) {
+    if (net->octets != ip->octets) return false;
+    int full = net->len / 8, rest = net->len % 8;
+    if (memcmp(net->addr, ip->addr, (size_t)full) != 0) return false;
+    if (!rest) return true;
+    uint8_t mask = (uint8_t)(0xff << (8 - rest));
+    return (net->addr[full] & mask) == (ip->addr[full] & mask);
+}
+
+static char *read_networks(const sp_json_t *cfg, const char *key, networks_t *out) {
+    const sp_json_t *v = sp_json_get(cfg, key);
+    if (!v || v->type == SP_JSON_NULL) return NULL;
+    if (v->type != SP_JSON_ARRAY) return key_error(key, "must be a list of strings");
+    out->items = (network_t *)calloc(v->len ? v->len : 1, sizeof *out->items);
+    for (size_t i = 0; i < v->len; i++) {
+        if (v->items[i].type != SP_JSON_STRING) return key_error(key, "must be a list of strings");
+        char *text = sp_trim(sp_strdup(v->items[i].string));
+        bool ok = parse_network(text, &out->items[out->len]);
+        free(text);
+        if (!ok) {
+            char *q = sp_concat("\"", v->items[i].string);
+            char *r = sp_concat(q, "\" is not an IP address or network");
+            char *e = key_error(key, r);
+            free(q);
+            free(r);
+            return e;
+        }
+        out->len++;
+    }
+    return NULL;
+}
+
 static char *read_string(const sp_json_t *cfg, const char *key, const char *fallback,
                          char **out) {
     const sp_json_t *v = sp_json_get(cfg, key);
@@ -213,14 +373,9 @@ static char *configure(const sp_json_t *cfg) {
             return b;
         }
     }
-    static const char *const networks[] = {"allow_networks", "deny_networks"};
-    for (int i = 0; i < 2; i++) {
-        const sp_json_t *v = sp_json_get(cfg, networks[i]);
-        if (v && v->type == SP_JSON_ARRAY && v->len > 0)
-            return key_error(networks[i],
-                             "network lists are not supported by the C example policy "
-                             "(use the Rust, Python or JavaScript access policy)");
-    }
+    if ((err = read_networks(cfg, "allow_networks", &config.allow_networks)) ||
+        (err = read_networks(cfg, "deny_networks", &config.deny_networks)))
+        return err;
     const char *bad_address =
         "\" is not an address pattern (user@domain, @domain, *.domain, user@ or <>)";
     const char *bad_helo = "\" is not a HELO name pattern";
@@ -280,6 +435,7 @@ static char *configure(const sp_json_t *cfg) {
 
 void exports_sluice_policy_policy_describe(exports_sluice_policy_policy_description_t *ret) {
     static const sluice_policy_types_stage_t stages[] = {
+        SLUICE_POLICY_TYPES_STAGE_CONNECT,
         SLUICE_POLICY_TYPES_STAGE_HELO,
         SLUICE_POLICY_TYPES_STAGE_MAIL_FROM,
         SLUICE_POLICY_TYPES_STAGE_RCPT,
@@ -309,12 +465,15 @@ bool exports_sluice_policy_policy_init(policy_world_string_t *config_json,
     return false;
 }
 
-/* Allow wins over deny. `what` names the value in the log line. */
-static void decide(const lists_t *lists, const char *value, const char *what,
-                   bool (*matches)(const pattern_t *, const char *), sp_verdict_t *ret) {
+/* Allow wins over deny: the first of `allow` (then of `deny`), arrays of
+ * `size`-octet items, that `matches` the value. `what` names the value in
+ * the log line. */
+static void decide_with(const void *allow, size_t allow_len, const void *deny, size_t deny_len,
+                        size_t size, const void *value, const char *what,
+                        bool (*matches)(const void *, const void *), sp_verdict_t *ret) {
     sp_continue(ret);
-    for (size_t i = 0; i < lists->allow.len; i++) {
-        if (matches(&lists->allow.items[i], value)) {
+    for (size_t i = 0; i < allow_len; i++) {
+        if (matches((const char *)allow + i * size, value)) {
             char *line = sp_concat(what, " allowed");
             sp_log(SP_DEBUG, line);
             free(line);
@@ -323,8 +482,8 @@ static void decide(const lists_t *lists, const char *value, const char *what,
             return;
         }
     }
-    for (size_t i = 0; i < lists->deny.len; i++) {
-        if (matches(&lists->deny.items[i], value)) {
+    for (size_t i = 0; i < deny_len; i++) {
+        if (matches((const char *)deny + i * size, value)) {
             char *line = sp_concat(what, " denied");
             sp_log(SP_INFO, line);
             free(line);
@@ -335,6 +494,50 @@ static void decide(const lists_t *lists, const char *value, const char *what,
     }
 }
 
+static bool address_matches_any(const void *pat, const void *addr) {
+    return address_matches((const pattern_t *)pat, (const char *)addr);
+}
+
+static bool helo_matches_any(const void *pat, const void *name) {
+    return helo_matches((const pattern_t *)pat, (const char *)name);
+}
+
+static void decide(const lists_t *lists, const char *value, const char *what,
+                   bool (*matches)(const void *, const void *), sp_verdict_t *ret) {
+    decide_with(lists->allow.items, lists->allow.len, lists->deny.items, lists->deny.len,
+                sizeof(pattern_t), value, what, matches, ret);
+}
+
+static bool in_network(const void *net, const void *ip) {
+    return network_contains((const network_t *)net, (const network_t *)ip);
+}
+
+void exports_sluice_policy_policy_on_connect(exports_sluice_policy_policy_session_t *session,
+                                             exports_sluice_policy_policy_verdict_t *ret) {
+    sp_continue(ret);
+    if (config.allow_networks.len || config.deny_networks.len) {
+        char *text = sp_cstr(&session->client_ip);
+        network_t ip;
+        if (!parse_ip(text, &ip)) {
+            char *a = sp_concat("client address \"", text);
+            char *line = sp_concat(a, "\" is not an IP address");
+            sp_log(SP_WARN, line);
+            free(a);
+            free(line);
+        } else {
+            /* An IPv4-mapped IPv6 client counts as its IPv4 address. */
+            canonical(&ip);
+            char *label = sp_concat("client ", text);
+            decide_with(config.allow_networks.items, config.allow_networks.len,
+                        config.deny_networks.items, config.deny_networks.len, sizeof(network_t),
+                        &ip, label, in_network, ret);
+            free(label);
+        }
+        free(text);
+    }
+    sluice_policy_types_session_free(session);
+}
+
 static void check_address(const lists_t *lists, policy_world_string_t *addr, const char *what,
                           sp_verdict_t *ret) {
     sp_continue(ret);
@@ -343,17 +546,11 @@ static void check_address(const lists_t *lists, policy_world_string_t *addr, con
     char *lower = sp_lower(sp_strdup(original));
     char *a = sp_concat(what, " ");
     char *label = sp_concat(a, *original ? original : "<>");
-    decide(lists, lower, label, address_matches, ret);
+    decide(lists, lower, label, address_matches_any, ret);
     free(a);
     free(label);
     free(lower);
     free(original);
-}
-
-void exports_sluice_policy_policy_on_connect(exports_sluice_policy_policy_session_t *session,
-                                             exports_sluice_policy_policy_verdict_t *ret) {
-    sluice_policy_types_session_free(session);
-    sp_continue(ret);
 }
 
 void exports_sluice_policy_policy_on_helo(exports_sluice_policy_policy_session_t *session,
@@ -366,7 +563,7 @@ void exports_sluice_policy_policy_on_helo(exports_sluice_policy_policy_session_t
         size_t n = strlen(lower);
         if (n && lower[n - 1] == '.') lower[n - 1] = '\0';
         char *label = sp_concat("HELO ", original);
-        decide(&config.helo, lower, label, helo_matches, ret);
+        decide(&config.helo, lower, label, helo_matches_any, ret);
         free(label);
         free(lower);
         free(original);

@@ -285,7 +285,7 @@ const ACCESS_SESSIONS: &[Session] = &[
 fn access_is_the_same_in_every_language() {
     equivalent(
         "access",
-        &["python", "js"],
+        &["c", "python", "js"],
         ACCESS_CONFIG,
         ACCESS_SESSIONS,
         &[("user", 2), ("postmaster", 1)],
@@ -324,7 +324,7 @@ reject_code = 450
     ];
     equivalent(
         "access",
-        &["python", "js"],
+        &["c", "python", "js"],
         config,
         sessions,
         &[("user", 1)],
@@ -427,24 +427,22 @@ fn header_rules_are_the_same_in_every_language() {
     );
 }
 
-/// The C example (`policies/c/access`) has no network lists: the access
-/// table without them.
-const ACCESS_C_CONFIG: &str = r#"deny_helo = ["*.bad.example", "localhost"]
-allow_helo = ["good.bad.example"]
-deny_senders = ["@spam.example", "*.bulk.example", "noreply@"]
-allow_senders = ["billing@spam.example"]
-deny_recipients = ["blocked@example.com", "@*.internal.example"]
-allow_recipients = ["postmaster@"]
-reject_text = "Access denied by policy"
-"#;
-
+/// More for the C policy, whose address and pattern handling is its own
+/// code (no regex or IP library): case, subdomains, local parts.
 #[test]
 fn access_in_c_is_the_same_as_in_rust() {
-    let sessions: Vec<Session> = ACCESS_SESSIONS
-        .iter()
-        .filter(|s| s.client.is_none())
-        .copied()
-        .chain([Session {
+    let connect = |client| Session {
+        client: Some(client),
+        steps: &[Cmd("QUIT")],
+    };
+    let sessions = [
+        connect("203.0.113.200"),
+        connect("::ffff:203.0.113.99"),
+        connect("::ffff:198.51.100.1"),
+        connect("2001:db8:bad:ffff::1"),
+        connect("2001:db8:bae::1"),
+        connect("198.51.100.1"),
+        Session {
             client: None,
             steps: &[
                 Cmd("HELO good.bad.example"),
@@ -454,16 +452,9 @@ fn access_in_c_is_the_same_as_in_rust() {
                 Cmd("RCPT TO:<user@example.com>"),
                 Cmd("QUIT"),
             ],
-        }])
-        .collect();
-    equivalent(
-        "access",
-        &["c"],
-        ACCESS_C_CONFIG,
-        &sessions,
-        &[("user", 2), ("postmaster", 1)],
-        0,
-    );
+        },
+    ];
+    equivalent("access", &["c"], ACCESS_CONFIG, &sessions, &[], 0);
 }
 
 #[test]
