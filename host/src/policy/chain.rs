@@ -30,7 +30,9 @@ const MAX_REASON: usize = 256;
 const MAX_HEADER_VALUE: usize = 8 * 1024;
 /// Most changes kept from one data-stage answer.
 const MAX_CHANGES: usize = 100;
-/// Messages larger than this are parsed on the blocking pool.
+/// Messages larger than this are parsed whole (headers and body) on the
+/// blocking pool; smaller ones have their header section parsed inline and
+/// their body when a policy asks for it.
 const PARSE_INLINE_MAX: usize = 256 * 1024;
 /// Most idle warm instances kept per policy with `reuse_instances`.
 pub(crate) const WARM_IDLE_MAX: usize = 64;
@@ -1093,9 +1095,9 @@ impl ChainSession {
         let raw: Arc<[u8]> = Arc::from(message);
         let parsed = if raw.len() > PARSE_INLINE_MAX {
             let r = raw.clone();
-            match tokio::task::spawn_blocking(move || ParsedMessage::parse(r)).await {
+            match tokio::task::spawn_blocking(move || ParsedMessage::parse_all(r)).await {
                 Ok(m) => m,
-                Err(_) => ParsedMessage::parse(raw),
+                Err(_) => ParsedMessage::parse_all(raw),
             }
         } else {
             ParsedMessage::parse(raw)

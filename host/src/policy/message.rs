@@ -2,12 +2,13 @@
 //! `sluice:policy/message` resource.
 //!
 //! The bytes are parsed once with mail-parser into a [`ParsedMessage`]
-//! (headers, addresses, MIME leaves, decoded text) which every policy of
-//! the chain shares for that message; the guest receives only what it asks
-//! for, within the bounds each method states.
+//! (headers and addresses at once; MIME leaves and decoded text when a
+//! policy first asks) which every policy of the chain shares for that
+//! message; the guest receives only what it asks for, within the bounds
+//! each method states.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
 
@@ -34,7 +35,9 @@ pub(crate) struct PartSummary {
     pub(crate) is_attachment: bool,
 }
 
-/// A message parsed once, read by every policy of the chain.
+/// A message parsed once, read by every policy of the chain. The header
+/// section is parsed up front; the MIME structure and text bodies only
+/// when a policy first asks for them (most policies read headers only).
 #[derive(Debug)]
 pub(crate) struct ParsedMessage {
     raw: Arc<[u8]>,
@@ -42,6 +45,12 @@ pub(crate) struct ParsedMessage {
     subject: Option<String>,
     from: Vec<String>,
     to: Vec<String>,
+    body: OnceLock<Body>,
+}
+
+/// The MIME leaves and the decoded text bodies.
+#[derive(Debug, Default)]
+struct Body {
     parts: Vec<PartSummary>,
     text: String,
 }
@@ -51,18 +60,18 @@ pub(crate) struct ParsedMessage {
 pub struct MessageResource(pub(crate) Arc<ParsedMessage>);
 
 impl ParsedMessage {
-    /// Parse `raw`. A message mail-parser cannot make sense of still gives
-    /// its size and raw octets, with no headers or parts.
+    /// Parse the header section of `raw` (the body waits for a policy to
+    /// ask). A message mail-parser cannot make sense of still gives its
+    /// size and raw octets, with no headers or parts.
     pub(crate) fn parse(raw: Arc<[u8]>) -> Self {
-        let Some(msg) = MessageParser::default().parse(&raw[..]) else {
+        let Some(msg) = MessageParser::default().parse_headers(&raw[..]) else {
             return Self {
                 raw,
                 headers: Vec::new(),
                 subject: None,
                 from: Vec::new(),
                 to: Vec::new(),
-                parts: Vec::new(),
-                text: String::new(),
+                body: OnceLock::from(Body::default()),
             };
         };
         let headers = msg
@@ -90,37 +99,6 @@ impl ParsedMessage {
         let mut to = Vec::new();
         addresses(msg.to(), &mut to);
         addresses(msg.cc(), &mut to);
-        let parts = msg
-            .parts
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| !matches!(p.body, PartType::Multipart(_)))
-            .map(|(i, p)| {
-                let content_type = p
-                    .content_type()
-                    .map(|ct| match ct.subtype() {
-                        Some(sub) => format!("{}/{}", ct.ctype(), sub),
-                        None => ct.ctype().to_string(),
-                    })
-                    .unwrap_or_else(|| "text/plain".to_string())
-                    .to_ascii_lowercase();
-                PartSummary {
-                    content_type,
-                    filename: p.attachment_name().map(str::to_string),
-                    size: u32::try_from(p.len()).unwrap_or(u32::MAX),
-                    is_attachment: msg.attachments.contains(&(i as u32)),
-                }
-            })
-            .collect();
-        let mut text = String::new();
-        for i in 0..msg.text_body_count() {
-            if let Some(t) = msg.body_text(i) {
-                if !text.is_empty() {
-                    text.push('\n');
-                }
-                text.push_str(&t);
-            }
-        }
         let subject = msg.subject().map(str::to_string);
         drop(msg);
         Self {
@@ -129,9 +107,58 @@ impl ParsedMessage {
             subject,
             from,
             to,
-            parts,
-            text,
+            body: OnceLock::new(),
         }
+    }
+
+    /// [`parse`](Self::parse), and the body at once (for a large message,
+    /// on the blocking pool, so that no policy call parses it on a
+    /// serving thread).
+    pub(crate) fn parse_all(raw: Arc<[u8]>) -> Self {
+        let m = Self::parse(raw);
+        m.body();
+        m
+    }
+
+    /// The MIME leaves and text bodies, parsed on the first call.
+    fn body(&self) -> &Body {
+        self.body.get_or_init(|| {
+            let Some(msg) = MessageParser::default().parse(&self.raw[..]) else {
+                return Body::default();
+            };
+            let parts = msg
+                .parts
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| !matches!(p.body, PartType::Multipart(_)))
+                .map(|(i, p)| {
+                    let content_type = p
+                        .content_type()
+                        .map(|ct| match ct.subtype() {
+                            Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                            None => ct.ctype().to_string(),
+                        })
+                        .unwrap_or_else(|| "text/plain".to_string())
+                        .to_ascii_lowercase();
+                    PartSummary {
+                        content_type,
+                        filename: p.attachment_name().map(str::to_string),
+                        size: u32::try_from(p.len()).unwrap_or(u32::MAX),
+                        is_attachment: msg.attachments.contains(&(i as u32)),
+                    }
+                })
+                .collect();
+            let mut text = String::new();
+            for i in 0..msg.text_body_count() {
+                if let Some(t) = msg.body_text(i) {
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    text.push_str(&t);
+                }
+            }
+            Body { parts, text }
+        })
     }
 
     /// Size as received, saturating at 4 GiB.
@@ -166,13 +193,13 @@ impl ParsedMessage {
     }
 
     pub(crate) fn parts(&self, max: u32) -> impl Iterator<Item = &PartSummary> {
-        self.parts.iter().take(max as usize)
+        self.body().parts.iter().take(max as usize)
     }
 
     /// The text bodies, cut to at most `max` octets at a character
     /// boundary.
     pub(crate) fn text(&self, max: u32) -> String {
-        cut(&self.text, max as usize).to_string()
+        cut(&self.body().text, max as usize).to_string()
     }
 
     /// Raw octets from `offset`, at most `len` and [`MAX_RAW_CHUNK`].
@@ -250,6 +277,13 @@ JVBERi0xLjQK\r\n\
 --b1--\r\n";
 
     #[test]
+    fn parse_all_parses_the_body_at_once() {
+        let m = ParsedMessage::parse_all(Arc::from(MSG));
+        assert!(m.body.get().is_some());
+        assert_eq!(m.parts(10).count(), 2);
+    }
+
+    #[test]
     fn parsed_once_read_by_method() {
         let m = ParsedMessage::parse(Arc::from(MSG));
         assert_eq!(m.size() as usize, MSG.len());
@@ -267,7 +301,10 @@ JVBERi0xLjQK\r\n\
             m.to(),
             ["a@example.test", "b@example.test", "c@example.test"]
         );
+        // Headers and addresses did not need the body parsed.
+        assert!(m.body.get().is_none());
         let parts: Vec<_> = m.parts(10).collect();
+        assert!(m.body.get().is_some());
         assert_eq!(parts.len(), 2, "{parts:?}");
         assert_eq!(parts[0].content_type, "text/plain");
         assert!(!parts[0].is_attachment);
