@@ -9,7 +9,7 @@ use sluice_policy_build::{BuiltPolicy, POLICIES, POLICY_TARGET_DIR, WORKSPACE};
 use wasmparser::{Encoding, Parser, Payload};
 
 /// Folders of `policies/` that hold policies in other languages.
-const LANGUAGE_FOLDERS: &[&str] = &["python", "js"];
+const LANGUAGE_FOLDERS: &[&str] = &["python", "js", "c"];
 
 /// The interface every policy exports.
 const EXPORT: &str = "sluice:policy/policy@0.1.0";
