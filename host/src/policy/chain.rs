@@ -942,6 +942,28 @@ impl Drop for ChainSession {
 }
 
 impl ChainSession {
+    /// The per-position state the stage calls work on, and the session
+    /// record they pass (borrowed side by side).
+    fn slots(&mut self) -> (Slots<'_>, &types::Session) {
+        let Self {
+            chain,
+            session,
+            picks,
+            instances,
+            shadows,
+            tap,
+            ..
+        } = self;
+        let slots = Slots {
+            chain,
+            picks,
+            instances,
+            shadows,
+            tap: tap.as_ref(),
+        };
+        (slots, session)
+    }
+
     /// The session as policies see it.
     pub fn info(&self) -> &SessionInfo {
         &self.info
@@ -977,22 +999,7 @@ impl ChainSession {
         if !self.chain.handles(Stage::Connect) {
             return Decision::Continue;
         }
-        let Self {
-            chain,
-            session,
-            picks,
-            instances,
-            shadows,
-            tap,
-            ..
-        } = self;
-        let mut slots = Slots {
-            chain,
-            picks,
-            instances,
-            shadows,
-            tap: tap.as_ref(),
-        };
+        let (mut slots, session) = self.slots();
         run_stage(&mut slots, Stage::Connect, Call::Connect(session)).await
     }
 
@@ -1004,22 +1011,7 @@ impl ChainSession {
         if !self.chain.handles(Stage::Helo) {
             return Decision::Continue;
         }
-        let Self {
-            chain,
-            session,
-            picks,
-            instances,
-            shadows,
-            tap,
-            ..
-        } = self;
-        let mut slots = Slots {
-            chain,
-            picks,
-            instances,
-            shadows,
-            tap: tap.as_ref(),
-        };
+        let (mut slots, session) = self.slots();
         run_stage(&mut slots, Stage::Helo, Call::Helo(session, name)).await
     }
 
@@ -1029,22 +1021,7 @@ impl ChainSession {
             return Decision::Continue;
         }
         let params = wit_params(params);
-        let Self {
-            chain,
-            session,
-            picks,
-            instances,
-            shadows,
-            tap,
-            ..
-        } = self;
-        let mut slots = Slots {
-            chain,
-            picks,
-            instances,
-            shadows,
-            tap: tap.as_ref(),
-        };
+        let (mut slots, session) = self.slots();
         let call = Call::MailFrom(session, sender, &params);
         run_stage(&mut slots, Stage::MailFrom, call).await
     }
@@ -1061,22 +1038,7 @@ impl ChainSession {
         }
         let params = wit_params(params);
         let envelope = wit_envelope(env);
-        let Self {
-            chain,
-            session,
-            picks,
-            instances,
-            shadows,
-            tap,
-            ..
-        } = self;
-        let mut slots = Slots {
-            chain,
-            picks,
-            instances,
-            shadows,
-            tap: tap.as_ref(),
-        };
+        let (mut slots, session) = self.slots();
         let call = Call::Rcpt(session, &envelope, rcpt, &params);
         run_stage(&mut slots, Stage::Rcpt, call).await
     }
@@ -1104,22 +1066,7 @@ impl ChainSession {
         };
         let parsed = Arc::new(parsed);
         let envelope = wit_envelope(env);
-        let Self {
-            chain,
-            session,
-            picks,
-            instances,
-            shadows,
-            tap,
-            ..
-        } = self;
-        let mut slots = Slots {
-            chain,
-            picks,
-            instances,
-            shadows,
-            tap: tap.as_ref(),
-        };
+        let (mut slots, session) = self.slots();
         let stage = Stage::Data;
         for i in 0..slots.picks.len() {
             let call = Call::Data(session, &envelope, parsed.clone());
