@@ -16,18 +16,16 @@
 //! `sluice policy build` and names them in `SLUICE_BENCH_COMPONENTS`
 //! (`lang=path,lang=path`). Run with `bash bench/lang.sh`.
 
+mod common;
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sluice::config::{ByteSize, DnsConfig};
-use sluice::delivery::dns::StaticResolver;
-use sluice::policy::{
-    Chain, Decision, Engine, EnvelopeInfo, KvStore, OnError, PolicyConfig, PolicyEngineConfig,
-    Services, SessionInfo,
-};
+use sluice::config::ByteSize;
+use sluice::policy::{Chain, Decision, Engine, EnvelopeInfo, PolicyConfig, PolicyEngineConfig};
 
 fn components() -> Vec<(String, PathBuf)> {
     let list = std::env::var("SLUICE_BENCH_COMPONENTS")
@@ -48,38 +46,11 @@ deny_recipients = ["blocked@example.com", "@*.internal.example"]
 allow_recipients = ["postmaster@"]"#,
     )
     .unwrap();
-    PolicyConfig {
-        name: "access".into(),
-        path: path.to_path_buf(),
-        capabilities: Vec::new(),
-        on_error: OnError::Tempfail,
-        max_memory: ByteSize(128 << 20),
-        timeout: Duration::from_secs(1),
-        reuse_instances: reuse,
-        candidate: None,
-        candidate_mode: Default::default(),
-        canary_percent: 10,
-        tests: None,
-        config,
-    }
-}
-
-fn services() -> Services {
-    Services {
-        resolver: Arc::new(StaticResolver::only(&DnsConfig::default())),
-        kv: Arc::new(KvStore::default()),
-    }
-}
-
-fn info() -> SessionInfo {
-    SessionInfo {
-        client_ip: "192.0.2.7".parse().unwrap(),
-        client_port: 40000,
-        listener: "127.0.0.1:2525".parse().unwrap(),
-        tls: None,
-        relay_client: false,
-        helo: None,
-    }
+    let mut p = common::policy("access", path, config);
+    p.max_memory = ByteSize(128 << 20);
+    p.timeout = Duration::from_secs(1);
+    p.reuse_instances = reuse;
+    p
 }
 
 fn benches(c: &mut Criterion) {
@@ -103,13 +74,17 @@ fn benches(c: &mut Criterion) {
         let r = [policy(&path, true)];
         reused.push((
             lang.clone(),
-            rt.block_on(engine.load_chain(&r, services())).unwrap(),
+            rt.block_on(engine.load_chain(&r, common::services()))
+                .unwrap(),
         ));
         let p = [policy(&path, false)];
         // The first load fills the cache (compiling); the second is timed.
-        rt.block_on(engine.load_chain(&p, services())).unwrap();
+        rt.block_on(engine.load_chain(&p, common::services()))
+            .unwrap();
         let started = Instant::now();
-        let chain = rt.block_on(engine.load_chain(&p, services())).unwrap();
+        let chain = rt
+            .block_on(engine.load_chain(&p, common::services()))
+            .unwrap();
         println!(
             "load/{lang}: {:.2?} (compiled code from the cache)",
             started.elapsed()
@@ -129,7 +104,7 @@ fn benches(c: &mut Criterion) {
                 rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let mut session = chain.session(info());
+                        let mut session = chain.session(common::info());
                         assert_eq!(session.connect().await, Decision::Continue);
                     }
                     start.elapsed()
@@ -142,7 +117,7 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("rcpt_warm");
     for (lang, chain) in &chains {
         g.bench_function(lang.as_str(), |b| {
-            let mut session = chain.session(info());
+            let mut session = chain.session(common::info());
             rt.block_on(session.connect());
             b.iter_custom(|iters| {
                 rt.block_on(async {
@@ -168,7 +143,7 @@ fn benches(c: &mut Criterion) {
                     rt.block_on(async {
                         let start = Instant::now();
                         for _ in 0..iters {
-                            let mut session = chain.session(info());
+                            let mut session = chain.session(common::info());
                             assert_eq!(session.connect().await, Decision::Continue);
                             assert_eq!(session.helo("client.example").await, Decision::Continue);
                             let d = session.mail_from("ann@sender.example", &[]).await;

@@ -20,17 +20,17 @@
 #[path = "../../tests/policy-guests/locate.rs"]
 mod guests;
 
+mod common;
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sluice::config::{ByteSize, DnsConfig};
-use sluice::delivery::dns::StaticResolver;
 use sluice::policy::{
-    Capability, Chain, DataOutcome, Decision, Engine, EnvelopeInfo, KvStore, OnError, PolicyConfig,
-    PolicyEngineConfig, Services, SessionInfo,
+    Capability, Chain, DataOutcome, Decision, Engine, EnvelopeInfo, PolicyConfig,
+    PolicyEngineConfig,
 };
 
 /// Build the test guests; the path of `basic`.
@@ -41,38 +41,9 @@ fn basic_wasm() -> PathBuf {
 fn policy(name: &str, path: &Path, tag: &str) -> PolicyConfig {
     let mut config = toml::Table::new();
     config.insert("tag".into(), toml::Value::String(tag.into()));
-    PolicyConfig {
-        name: name.into(),
-        path: path.to_path_buf(),
-        capabilities: vec![Capability::Kv, Capability::Metrics, Capability::Clock],
-        on_error: OnError::Tempfail,
-        max_memory: ByteSize(64 << 20),
-        timeout: Duration::from_millis(100),
-        reuse_instances: false,
-        candidate: None,
-        candidate_mode: Default::default(),
-        canary_percent: 10,
-        tests: None,
-        config,
-    }
-}
-
-fn services() -> Services {
-    Services {
-        resolver: Arc::new(StaticResolver::only(&DnsConfig::default())),
-        kv: Arc::new(KvStore::default()),
-    }
-}
-
-fn info() -> SessionInfo {
-    SessionInfo {
-        client_ip: "192.0.2.7".parse().unwrap(),
-        client_port: 40000,
-        listener: "127.0.0.1:2525".parse().unwrap(),
-        tls: None,
-        relay_client: false,
-        helo: None,
-    }
+    let mut p = common::policy(name, path, config);
+    p.capabilities = vec![Capability::Kv, Capability::Metrics, Capability::Clock];
+    p
 }
 
 fn message(size: usize) -> Vec<u8> {
@@ -118,9 +89,18 @@ fn setup() -> Setup {
             policy("third", &wasm, "third"),
         ];
         (
-            pooled_engine.load_chain(&one, services()).await.unwrap(),
-            on_demand_engine.load_chain(&one, services()).await.unwrap(),
-            pooled_engine.load_chain(&three, services()).await.unwrap(),
+            pooled_engine
+                .load_chain(&one, common::services())
+                .await
+                .unwrap(),
+            on_demand_engine
+                .load_chain(&one, common::services())
+                .await
+                .unwrap(),
+            pooled_engine
+                .load_chain(&three, common::services())
+                .await
+                .unwrap(),
         )
     });
     Setup {
@@ -141,7 +121,7 @@ fn benches(c: &mut Criterion) {
     };
 
     c.bench_function("rcpt_warm", |b| {
-        let mut session = s.pooled.session(info());
+        let mut session = s.pooled.session(common::info());
         s.rt.block_on(session.connect());
         b.iter_custom(|iters| {
             s.rt.block_on(async {
@@ -162,7 +142,7 @@ fn benches(c: &mut Criterion) {
                 s.rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let mut session = chain.session(info());
+                        let mut session = chain.session(common::info());
                         assert_eq!(session.connect().await, Decision::Continue);
                     }
                     start.elapsed()
@@ -178,7 +158,7 @@ fn benches(c: &mut Criterion) {
             s.rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let mut session = s.chain3.session(info());
+                    let mut session = s.chain3.session(common::info());
                     assert_eq!(session.connect().await, Decision::Continue);
                     assert_eq!(session.helo("client.test").await, Decision::Continue);
                     assert_eq!(
@@ -269,14 +249,14 @@ fn shipped_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("shipped_chain");
     for (name, reuse) in [("fresh", false), ("reuse", true)] {
         let chain = rt
-            .block_on(engine.load_chain(&shipped_chain(&dir, reuse), services()))
+            .block_on(engine.load_chain(&shipped_chain(&dir, reuse), common::services()))
             .unwrap();
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let mut session = chain.session(info());
+                        let mut session = chain.session(common::info());
                         assert_eq!(session.connect().await, Decision::Continue);
                         assert_eq!(session.helo("client.test").await, Decision::Continue);
                         let d = session.mail_from("s@example.test", &[]).await;
