@@ -158,7 +158,13 @@ function ready(name) {
 export const policy = {
   describe() {
     const cls = exportedPolicy();
-    return { name: cls.name, version: cls.version, stages: [...cls.stages] };
+    let stages = [...cls.stages];
+    if (policyInstance !== null) {
+      // After init (the host's order): only what the config needs.
+      const wanted = policyInstance.configuredStages();
+      stages = stages.filter((s) => wanted.includes(s));
+    }
+    return { name: cls.name, version: cls.version, stages };
   },
   init(config) {
     const cls = exportedPolicy();

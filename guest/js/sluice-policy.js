@@ -486,6 +486,15 @@ export class Policy {
   constructor(config) {
     this.config = config;
   }
+  /**
+   * The stages this policy needs with its config (default: all of `static
+   * stages`). The host asks once per loaded version, after construction,
+   * and then calls only these hooks; stages not in `static stages` are
+   * ignored.
+   */
+  configuredStages() {
+    return [...this.constructor.stages];
+  }
   onConnect(ctx, session) {
     return Verdict.CONTINUE;
   }

@@ -81,6 +81,16 @@ pub trait Policy: Sized + 'static {
     /// The stages this policy handles; the host calls only their hooks.
     fn stages() -> &'static [Stage];
 
+    /// The stages this policy needs with the config it was built from: by
+    /// default all of [`stages`](Self::stages). The host asks once per
+    /// loaded version, after `init`, and then calls only these hooks, so a
+    /// policy can leave out the stages its config makes no-ops (an access
+    /// list with only client networks needs no HELO, MAIL or RCPT call).
+    /// Stages not in [`stages`](Self::stages) are ignored.
+    fn configured_stages(&self) -> Vec<Stage> {
+        Self::stages().to_vec()
+    }
+
     /// Build the policy from its config (the `[policy.config]` table of the
     /// gateway config; empty when absent). An `Err` refuses the policy at
     /// start-up or reload with this text; a [`ConfigError`](crate::ConfigError)

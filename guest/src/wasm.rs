@@ -380,8 +380,18 @@ fn context() -> Context {
 
 impl<E: Export> wit_export::Guest for Adapter<E> {
     fn describe() -> wit::Description {
+        // After a successful `init` (the host's order), the stages this
+        // config needs; before it, every stage the policy handles.
+        let configured = POLICY.with(|slot| {
+            let slot = slot.try_borrow().ok()?;
+            let policy = slot.as_ref()?.downcast_ref::<E::Policy>()?;
+            Some(policy.configured_stages())
+        });
         let mut stages: Vec<wit::Stage> = Vec::new();
         for stage in E::Policy::stages() {
+            if configured.as_ref().is_some_and(|c| !c.contains(stage)) {
+                continue;
+            }
             let stage = wit::Stage::from(*stage);
             if !stages.contains(&stage) {
                 stages.push(stage);

@@ -123,3 +123,17 @@ test("UTF-8 by hand agrees with TextEncoder", async () => {
   assert.equal(truncateUtf8("😀x", 3), "");
   assert.equal(truncateUtf8("😀x", 4), "😀");
 });
+
+test("configured stages default to every stage and can narrow", () => {
+  class Both extends Policy {
+    static stages = [Stage.CONNECT, Stage.RCPT];
+  }
+  class OnlyRcpt extends Both {
+    configuredStages() {
+      return this.config.get("rcptOnly") ? [Stage.RCPT] : super.configuredStages();
+    }
+  }
+  assert.deepEqual(new Both(Config.fromJson("{}")).configuredStages(), [Stage.CONNECT, Stage.RCPT]);
+  assert.deepEqual(new OnlyRcpt(Config.fromJson('{"rcptOnly": true}')).configuredStages(), [Stage.RCPT]);
+  assert.deepEqual(new OnlyRcpt(Config.fromJson("{}")).configuredStages(), [Stage.CONNECT, Stage.RCPT]);
+});

@@ -214,7 +214,12 @@ def _hook(name, *args):
 class Policy(exports.Policy):
     def describe(self):
         cls = exported_policy()
-        return w.Description(cls.name, cls.version, [_STAGES[s] for s in cls.stages])
+        stages = list(cls.stages)
+        if _policy is not None:
+            # After init (the host's order): only what the config needs.
+            wanted = _policy.configured_stages()
+            stages = [s for s in stages if s in wanted]
+        return w.Description(cls.name, cls.version, [_STAGES[s] for s in stages])
 
     def init(self, config):
         global _policy

@@ -31,6 +31,13 @@ class Policy:
     def __init__(self, config: Config):
         self.config = config
 
+    def configured_stages(self) -> List[Stage]:
+        """The stages this policy needs with its config (default: all of
+        ``stages``). The host asks once per loaded version, after the
+        policy is constructed, and then calls only these hooks; stages not
+        in ``stages`` are ignored."""
+        return list(type(self).stages)
+
     def on_connect(self, ctx: Context, session: Session) -> Verdict:
         return Verdict.CONTINUE
 

@@ -135,3 +135,17 @@ def test_export_policy_checks_the_class():
     assert p.on_connect(ctx, Session()) == Verdict.CONTINUE
     assert p.on_data(ctx, Session(), Envelope(), MockMessage.parse("a: b\n\nc").message()) == DataResult()
     assert p.on_route(ctx, Envelope(), "a@b.example") == Route.DEFAULT
+
+
+def test_configured_stages_default_to_every_stage_and_can_narrow():
+    class Both(Policy):
+        name = "both"
+        stages = [Stage.CONNECT, Stage.RCPT]
+
+    class OnlyRcpt(Both):
+        def configured_stages(self):
+            return [Stage.RCPT] if self.config.get("rcpt_only") else list(self.stages)
+
+    assert Both(Config.from_json("{}")).configured_stages() == [Stage.CONNECT, Stage.RCPT]
+    assert OnlyRcpt(Config.from_json('{"rcpt_only": true}')).configured_stages() == [Stage.RCPT]
+    assert OnlyRcpt(Config.from_json("{}")).configured_stages() == [Stage.CONNECT, Stage.RCPT]

@@ -402,7 +402,7 @@ fn stats_of(p: &LoadedPolicy) -> PolicyStats {
 }
 
 impl Chain {
-    /// Instantiate, `describe` and `init` one policy in a throwaway
+    /// Instantiate, `init` and `describe` one policy in a throwaway
     /// instance; keep what it declared. Part of loading.
     pub(crate) async fn prepare(
         engine: &Arc<EngineInner>,
@@ -419,11 +419,8 @@ impl Chain {
             .instantiate(p, Phase::Load, false)
             .await
             .map_err(|e| load_err("instantiate", e))?;
-        let d = match chain.call(p, &mut inst, Phase::Load, Call::Describe).await {
-            Ok(Answer::Describe(d)) => d,
-            Ok(_) => unreachable_answer(),
-            Err(e) => return Err(load_err("describe", e)),
-        };
+        // `init` first: a policy may narrow its stages to those its
+        // config needs (`describe` after `init`, see wit/policy.wit).
         match chain
             .call(p, &mut inst, Phase::Load, Call::Init(&p.config_json))
             .await
@@ -438,12 +435,19 @@ impl Chain {
             Ok(_) => unreachable_answer(),
             Err(e) => return Err(load_err("init", e)),
         }
+        let d = match chain.call(p, &mut inst, Phase::Load, Call::Describe).await {
+            Ok(Answer::Describe(d)) => d,
+            Ok(_) => unreachable_answer(),
+            Err(e) => return Err(load_err("describe", e)),
+        };
         let stages: Vec<Stage> = d.stages.iter().map(|s| stage_of(*s)).collect();
         if stages.is_empty() {
-            return Err(PolicyError::Description {
-                policy: p.name.to_string(),
-                cause: "it declares no stage".into(),
-            });
+            // Its config leaves it nothing to do: loaded, never called.
+            tracing::warn!(
+                target: "sluice::policy",
+                policy = &*p.name,
+                "the policy declares no stage with this config: it is never called"
+            );
         }
         p.stages = stage_bits(&stages);
         p.version = clean(&d.version, 64);

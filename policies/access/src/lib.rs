@@ -274,10 +274,11 @@ fn refusal(config: &Config) -> Result<Verdict, String> {
 
 impl Access {
     /// Turn a lookup into a verdict, logging what matched.
-    fn decide(&self, ctx: &Context, found: Found, what: &str) -> Verdict {
+    /// `what` names the matched item for the log (built only on a match).
+    fn decide(&self, ctx: &Context, found: Found, what: impl FnOnce() -> String) -> Verdict {
         match found {
             Found::Allowed => {
-                ctx.debug(&format!("{what} allowed"));
+                ctx.debug(&format!("{} allowed", what()));
                 let _ = ctx.counter_add("allowed", 1);
                 if self.allow_accepts {
                     Verdict::Accept
@@ -286,7 +287,7 @@ impl Access {
                 }
             }
             Found::Denied => {
-                ctx.info(&format!("{what} denied"));
+                ctx.info(&format!("{} denied", what()));
                 let _ = ctx.counter_add("denied", 1);
                 self.denied.clone()
             }
@@ -307,7 +308,7 @@ impl Access {
         let lower = addr.to_ascii_lowercase();
         let found = lists.check(|p| p.matches(&lower));
         let shown = if addr.is_empty() { "<>" } else { addr };
-        self.decide(ctx, found, &format!("{what} {shown}"))
+        self.decide(ctx, found, || format!("{what} {shown}"))
     }
 }
 
@@ -341,6 +342,20 @@ impl Policy for Access {
         })
     }
 
+    /// Only the stages with a list: the host skips the others' calls.
+    fn configured_stages(&self) -> Vec<Stage> {
+        [
+            (Stage::Connect, self.networks.is_empty()),
+            (Stage::Helo, self.helo.is_empty()),
+            (Stage::MailFrom, self.senders.is_empty()),
+            (Stage::Rcpt, self.recipients.is_empty()),
+        ]
+        .into_iter()
+        .filter(|(_, empty)| !empty)
+        .map(|(stage, _)| stage)
+        .collect()
+    }
+
     fn on_connect(&self, ctx: &Context, session: &Session) -> Verdict {
         if self.networks.is_empty() {
             return Verdict::Continue;
@@ -353,7 +368,7 @@ impl Policy for Access {
             return Verdict::Continue;
         };
         let found = self.networks.check(|net| net.contains(ip));
-        self.decide(ctx, found, &format!("client {ip}"))
+        self.decide(ctx, found, || format!("client {ip}"))
     }
 
     fn on_helo(&self, ctx: &Context, _session: &Session, name: &str) -> Verdict {
@@ -363,7 +378,7 @@ impl Policy for Access {
         let lower = name.trim().to_ascii_lowercase();
         let lower = lower.strip_suffix('.').unwrap_or(&lower);
         let found = self.helo.check(|p| p.matches(lower));
-        self.decide(ctx, found, &format!("HELO {name}"))
+        self.decide(ctx, found, || format!("HELO {name}"))
     }
 
     fn on_mail_from(
@@ -588,6 +603,17 @@ mod tests {
         assert_eq!(run.mail(""), Verdict::Continue);
         assert_eq!(run.rcpt("a@b.example"), Verdict::Continue);
         assert!(run.host.calls().is_empty());
+    }
+
+    #[test]
+    fn only_the_stages_with_a_list_are_called() {
+        let p = access(r#"{"deny_networks": ["192.0.2.0/24"]}"#);
+        assert_eq!(p.configured_stages(), vec![Stage::Connect]);
+        let p = access(r#"{"allow_helo": ["mx.example"], "deny_recipients": ["@x.example"]}"#);
+        assert_eq!(p.configured_stages(), vec![Stage::Helo, Stage::Rcpt]);
+        let p = access(r#"{"deny_senders": ["a@x.example"]}"#);
+        assert_eq!(p.configured_stages(), vec![Stage::MailFrom]);
+        assert!(access("{}").configured_stages().is_empty());
     }
 
     #[test]

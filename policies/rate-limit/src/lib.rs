@@ -158,14 +158,22 @@ impl RateLimit {
     /// The key of a counter: `msg:sender:ann@example.com:472222` (the last
     /// part is the window number, when the clock is known).
     fn key(&self, limit: &Limit, value: &str, window_index: Option<u32>) -> String {
-        let mut key = format!("{}:{}:", limit.unit.key_prefix(), limit.scope.as_str());
-        let suffix = window_index.map(|i| format!(":{i}")).unwrap_or_default();
-        if key.len() + value.len() + suffix.len() > KEY_MAX {
+        // Built in place: this runs for every message and recipient.
+        let (prefix, scope) = (limit.unit.key_prefix(), limit.scope.as_str());
+        let suffix_len = window_index.map_or(0, |i| 2 + i.checked_ilog10().unwrap_or(0) as usize);
+        let mut key = String::with_capacity(prefix.len() + scope.len() + 2 + value.len() + suffix_len);
+        key.push_str(prefix);
+        key.push(':');
+        key.push_str(scope);
+        key.push(':');
+        if key.len() + value.len() + suffix_len > KEY_MAX {
             let _ = write!(key, "#{:016x}", fnv1a(value));
         } else {
             key.push_str(value);
         }
-        key.push_str(&suffix);
+        if let Some(i) = window_index {
+            let _ = write!(key, ":{i}");
+        }
         key
     }
 
@@ -302,6 +310,16 @@ impl Policy for RateLimit {
         })
     }
 
+    /// MAIL FROM counts messages, RCPT TO recipients: only the stages of
+    /// the configured limits are called.
+    fn configured_stages(&self) -> Vec<Stage> {
+        [(Stage::MailFrom, Unit::Messages), (Stage::Rcpt, Unit::Recipients)]
+            .into_iter()
+            .filter(|(_, unit)| self.limits.iter().any(|l| l.unit == *unit))
+            .map(|(stage, _)| stage)
+            .collect()
+    }
+
     fn on_mail_from(
         &self,
         ctx: &Context,
@@ -376,6 +394,16 @@ mod tests {
             .grant(Capability::Clock)
             .grant(Capability::Metrics)
             .at(Timestamp::from_unix_seconds(1_699_999_200))
+    }
+
+    #[test]
+    fn only_the_stages_of_the_configured_limits_are_called() {
+        let p = policy(r#"{"messages_per_ip": 5}"#);
+        assert_eq!(p.configured_stages(), vec![Stage::MailFrom]);
+        let p = policy(r#"{"recipients_per_sender": 5}"#);
+        assert_eq!(p.configured_stages(), vec![Stage::Rcpt]);
+        let p = policy(r#"{"messages_per_sender_domain": 5, "recipients_per_ip": 9}"#);
+        assert_eq!(p.configured_stages(), vec![Stage::MailFrom, Stage::Rcpt]);
     }
 
     #[test]
