@@ -28,7 +28,6 @@
 
 #![warn(missing_docs)]
 
-use std::collections::BTreeMap;
 
 use regex_lite::{Regex, RegexBuilder};
 use sluice_guest::{
@@ -87,6 +86,10 @@ struct Rule {
 #[derive(Debug, Clone)]
 pub struct HeaderRules {
     rules: Vec<Rule>,
+    /// The field names the rules look at (lower case), when every rule
+    /// names one: only those are read from the message and decoded.
+    /// `None`: some rule looks at every field.
+    names: Option<Vec<String>>,
 }
 
 /// The keys of the `[policy.config]` table.
@@ -265,23 +268,38 @@ struct Field {
     decoded: String,
 }
 
-/// Every header field of a message, with decoded values (one `header`
-/// call per distinct name).
-fn fields(message: &Message<'_>) -> Vec<Field> {
+/// The header fields of a message, with decoded values (one `header`
+/// call per distinct name): every field, or only those named in `names`
+/// (lower case).
+fn fields(message: &Message<'_>, names: Option<&[String]>) -> Vec<Field> {
     let raw = message.headers(MAX_HEADERS);
-    let mut decoded: BTreeMap<String, std::vec::IntoIter<String>> = BTreeMap::new();
+    // The decoded values of each name met so far, in order (few names:
+    // a list beats a map).
+    let mut decoded: Vec<(String, std::vec::IntoIter<String>)> = Vec::new();
     raw.into_iter()
-        .map(|h| {
-            let lower = h.name.to_ascii_lowercase();
-            let values = decoded
-                .entry(lower)
-                .or_insert_with(|| message.header(&h.name).into_iter());
-            let decoded = values.next().unwrap_or_else(|| h.value.clone());
-            Field {
+        .filter_map(|h| {
+            if names.is_some_and(|n| !n.iter().any(|n| n.eq_ignore_ascii_case(&h.name))) {
+                return None;
+            }
+            let at = match decoded
+                .iter()
+                .position(|(n, _)| n.eq_ignore_ascii_case(&h.name))
+            {
+                Some(i) => i,
+                None => {
+                    decoded.push((h.name.clone(), message.header(&h.name).into_iter()));
+                    decoded.len() - 1
+                }
+            };
+            let value = match decoded[at].1.next() {
+                Some(v) => v,
+                None => h.value.clone(),
+            };
+            Some(Field {
                 name: h.name,
                 raw: h.value,
-                decoded,
-            }
+                decoded: value,
+            })
         })
         .collect()
 }
@@ -375,7 +393,15 @@ impl Policy for HeaderRules {
                 parse_rule(index, &rule)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(HeaderRules { rules })
+        let mut names: Option<Vec<String>> = rules
+            .iter()
+            .map(|r| r.header.as_ref().map(|h| h.to_ascii_lowercase()))
+            .collect();
+        if let Some(n) = &mut names {
+            n.sort();
+            n.dedup();
+        }
+        Ok(HeaderRules { rules, names })
     }
 
     fn on_data(
@@ -388,7 +414,7 @@ impl Policy for HeaderRules {
         if self.rules.is_empty() {
             return DataResult::continue_();
         }
-        self.apply(ctx, &fields(message))
+        self.apply(ctx, &fields(message, self.names.as_deref()))
     }
 }
 
@@ -507,6 +533,21 @@ mod tests {
                 .remove_header("X-Originating-IP")
                 .add_header("X-Never", "reached")
         );
+    }
+
+    #[test]
+    fn only_the_named_fields_are_read_unless_a_rule_looks_at_all() {
+        let p = policy(
+            r#"{"rules": [{"header": "Subject", "pattern": "a", "action": "discard"},
+                          {"header": "from", "pattern": "b", "action": "discard"},
+                          {"header": "SUBJECT", "pattern": "c", "action": "discard"}]}"#,
+        );
+        assert_eq!(p.names, Some(vec!["from".to_string(), "subject".to_string()]));
+        let p = policy(
+            r#"{"rules": [{"header": "Subject", "pattern": "a", "action": "discard"},
+                          {"header": "*", "pattern": "b", "action": "discard"}]}"#,
+        );
+        assert_eq!(p.names, None);
     }
 
     #[test]
