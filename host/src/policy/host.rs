@@ -356,15 +356,17 @@ impl HostState {
 
     /// A host call through the tap: answered by it, or made by `live`;
     /// recorded either way.
+    /// `args` is made only when a tap is set (most sessions have none).
     fn through_tap<T: Wire>(
         &mut self,
         call: &str,
-        args: Vec<serde_json::Value>,
+        args: impl FnOnce() -> Vec<serde_json::Value>,
         live: impl FnOnce(&mut Self) -> Result<T, HostError>,
     ) -> Result<T, HostError> {
         if self.tap.is_none() {
             return live(self);
         }
+        let args = args();
         let r = match self.tapped(call, &args) {
             Some(r) => r,
             None => live(self),
@@ -450,6 +452,17 @@ impl log::Host for HostState {
             return;
         }
         self.logs += 1;
+        // Below the log level: nothing to clean or format.
+        let enabled = match level {
+            log::Level::Trace => tracing::enabled!(target: "sluice::policy", tracing::Level::TRACE),
+            log::Level::Debug => tracing::enabled!(target: "sluice::policy", tracing::Level::DEBUG),
+            log::Level::Info => tracing::enabled!(target: "sluice::policy", tracing::Level::INFO),
+            log::Level::Warn => tracing::enabled!(target: "sluice::policy", tracing::Level::WARN),
+            log::Level::Error => tracing::enabled!(target: "sluice::policy", tracing::Level::ERROR),
+        };
+        if !enabled {
+            return;
+        }
         let msg = clean(&message, MAX_LOG_LINE);
         let (policy, stage) = (&*self.policy, self.phase);
         match level {
@@ -473,7 +486,7 @@ impl clock::Host for HostState {
         if !self.grants.clock {
             return Err(HostError::AccessDenied);
         }
-        self.through_tap("clock.now", Vec::new(), |_| {
+        self.through_tap("clock.now", Vec::new, |_| {
             let d = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default();
@@ -500,7 +513,7 @@ impl metrics::Host for HostState {
                 "a counter name is 1 to 64 of [a-z0-9_]".into(),
             ));
         }
-        let args = vec![name.clone().into(), delta.into()];
+        let args = || vec![name.clone().into(), delta.into()];
         self.through_tap("metrics.counter-add", args, |s| {
             s.counters.add(&name, delta)
         })
@@ -523,7 +536,7 @@ impl kv::Host for HostState {
         if !self.grants.kv {
             return Err(HostError::AccessDenied);
         }
-        self.through_tap("kv.get", vec![key.clone().into()], |s| {
+        self.through_tap("kv.get", || vec![key.clone().into()], |s| {
             s.services.kv.get(&s.policy, &key).map_err(kv_error)
         })
     }
@@ -532,12 +545,17 @@ impl kv::Host for HostState {
         if !self.grants.kv {
             return Err(HostError::AccessDenied);
         }
-        let args = vec![
-            key.clone().into(),
-            tap::bytes_value(&value),
-            ttl_seconds.into(),
-        ];
-        self.through_tap("kv.set", args, |s| {
+        // Made here (`live` takes the value); only for a tapped session.
+        let args = if self.tap.is_some() {
+            vec![
+                key.clone().into(),
+                tap::bytes_value(&value),
+                ttl_seconds.into(),
+            ]
+        } else {
+            Vec::new()
+        };
+        self.through_tap("kv.set", move || args, |s| {
             s.services
                 .kv
                 .set(&s.policy, &key, value, ttl(ttl_seconds))
@@ -549,7 +567,7 @@ impl kv::Host for HostState {
         if !self.grants.kv {
             return Err(HostError::AccessDenied);
         }
-        let args = vec![key.clone().into(), delta.into(), ttl_seconds.into()];
+        let args = || vec![key.clone().into(), delta.into(), ttl_seconds.into()];
         self.through_tap("kv.incr", args, |s| {
             s.services
                 .kv
@@ -562,7 +580,7 @@ impl kv::Host for HostState {
         if !self.grants.kv {
             return Err(HostError::AccessDenied);
         }
-        self.through_tap("kv.delete", vec![key.clone().into()], |s| {
+        self.through_tap("kv.delete", || vec![key.clone().into()], |s| {
             s.services.kv.delete(&s.policy, &key).map_err(kv_error)
         })
     }
