@@ -309,7 +309,7 @@ impl Default for PolicyEngineConfig {
     fn default() -> Self {
         Self {
             cache_dir: PathBuf::new(),
-            epoch_tick: Duration::from_millis(1),
+            epoch_tick: Duration::from_millis(5),
             host_io_timeout: Duration::from_secs(5),
             pooling: true,
             max_instances: 1000,
@@ -1078,7 +1078,7 @@ mod tests {
             cfg.policy_engine.cache_dir,
             PathBuf::from("/var/sluice/policy-cache")
         );
-        assert_eq!(cfg.policy_engine.epoch_tick, Duration::from_millis(1));
+        assert_eq!(cfg.policy_engine.epoch_tick, Duration::from_millis(5));
 
         let e = Config::parse(
             "[[policy]]\nname = \"a\"\npath = \"a.wasm\"\n[[policy]]\nname = \"a\"\npath = \"b.wasm\"\n",
