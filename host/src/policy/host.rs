@@ -536,9 +536,11 @@ impl kv::Host for HostState {
         if !self.grants.kv {
             return Err(HostError::AccessDenied);
         }
-        self.through_tap("kv.get", || vec![key.clone().into()], |s| {
-            s.services.kv.get(&s.policy, &key).map_err(kv_error)
-        })
+        self.through_tap(
+            "kv.get",
+            || vec![key.clone().into()],
+            |s| s.services.kv.get(&s.policy, &key).map_err(kv_error),
+        )
     }
 
     fn set(&mut self, key: String, value: Vec<u8>, ttl_seconds: u32) -> Result<(), HostError> {
@@ -555,12 +557,16 @@ impl kv::Host for HostState {
         } else {
             Vec::new()
         };
-        self.through_tap("kv.set", move || args, |s| {
-            s.services
-                .kv
-                .set(&s.policy, &key, value, ttl(ttl_seconds))
-                .map_err(kv_error)
-        })
+        self.through_tap(
+            "kv.set",
+            move || args,
+            |s| {
+                s.services
+                    .kv
+                    .set(&s.policy, &key, value, ttl(ttl_seconds))
+                    .map_err(kv_error)
+            },
+        )
     }
 
     fn incr(&mut self, key: String, delta: i32, ttl_seconds: u32) -> Result<i32, HostError> {
@@ -580,9 +586,11 @@ impl kv::Host for HostState {
         if !self.grants.kv {
             return Err(HostError::AccessDenied);
         }
-        self.through_tap("kv.delete", || vec![key.clone().into()], |s| {
-            s.services.kv.delete(&s.policy, &key).map_err(kv_error)
-        })
+        self.through_tap(
+            "kv.delete",
+            || vec![key.clone().into()],
+            |s| s.services.kv.delete(&s.policy, &key).map_err(kv_error),
+        )
     }
 }
 

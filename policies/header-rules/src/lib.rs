@@ -28,7 +28,6 @@
 
 #![warn(missing_docs)]
 
-
 use regex_lite::{Regex, RegexBuilder};
 use sluice_guest::{
     Config, ConfigError, Context, DataResult, Envelope, Message, Policy, Session, Stage, Verdict,
@@ -542,7 +541,10 @@ mod tests {
                           {"header": "from", "pattern": "b", "action": "discard"},
                           {"header": "SUBJECT", "pattern": "c", "action": "discard"}]}"#,
         );
-        assert_eq!(p.names, Some(vec!["from".to_string(), "subject".to_string()]));
+        assert_eq!(
+            p.names,
+            Some(vec!["from".to_string(), "subject".to_string()])
+        );
         let p = policy(
             r#"{"rules": [{"header": "Subject", "pattern": "a", "action": "discard"},
                           {"header": "*", "pattern": "b", "action": "discard"}]}"#,

@@ -161,7 +161,8 @@ impl RateLimit {
         // Built in place: this runs for every message and recipient.
         let (prefix, scope) = (limit.unit.key_prefix(), limit.scope.as_str());
         let suffix_len = window_index.map_or(0, |i| 2 + i.checked_ilog10().unwrap_or(0) as usize);
-        let mut key = String::with_capacity(prefix.len() + scope.len() + 2 + value.len() + suffix_len);
+        let mut key =
+            String::with_capacity(prefix.len() + scope.len() + 2 + value.len() + suffix_len);
         key.push_str(prefix);
         key.push(':');
         key.push_str(scope);
@@ -313,11 +314,14 @@ impl Policy for RateLimit {
     /// MAIL FROM counts messages, RCPT TO recipients: only the stages of
     /// the configured limits are called.
     fn configured_stages(&self) -> Vec<Stage> {
-        [(Stage::MailFrom, Unit::Messages), (Stage::Rcpt, Unit::Recipients)]
-            .into_iter()
-            .filter(|(_, unit)| self.limits.iter().any(|l| l.unit == *unit))
-            .map(|(stage, _)| stage)
-            .collect()
+        [
+            (Stage::MailFrom, Unit::Messages),
+            (Stage::Rcpt, Unit::Recipients),
+        ]
+        .into_iter()
+        .filter(|(_, unit)| self.limits.iter().any(|l| l.unit == *unit))
+        .map(|(stage, _)| stage)
+        .collect()
     }
 
     fn on_mail_from(
