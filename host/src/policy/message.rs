@@ -80,8 +80,8 @@ impl ParsedMessage {
             .map(|h| {
                 let start = (h.offset_start as usize).min(raw.len());
                 let end = (h.offset_end as usize).clamp(start, raw.len());
-                let raw_value = unfold(&String::from_utf8_lossy(&raw[start..end]));
-                let decoded = unfold(&decode_value(h.value(), &raw_value));
+                let raw_value = unfold(String::from_utf8_lossy(&raw[start..end]).into_owned());
+                let decoded = unfold(decode_value(h.value(), &raw_value));
                 HeaderField {
                     name: h.name().to_string(),
                     raw: raw_value,
@@ -224,10 +224,16 @@ pub(crate) fn cut(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Unfold (RFC 5322 §2.2.3) and trim a raw header value.
-fn unfold(v: &str) -> String {
+/// Unfold (RFC 5322 §2.2.3) and trim a raw header value: line breaks
+/// (CRLF or bare LF, with any CRs just before them or at the end) go, a
+/// CR elsewhere stays. Most values have no break and are trimmed in place.
+fn unfold(v: String) -> String {
+    if !v.contains(['\r', '\n']) {
+        let t = v.trim();
+        return if t.len() == v.len() { v } else { t.to_string() };
+    }
     let mut out = String::with_capacity(v.len());
-    for piece in v.split("\r\n").flat_map(|l| l.split('\n')) {
+    for piece in v.split('\n') {
         out.push_str(piece.trim_end_matches('\r'));
     }
     out.trim().to_string()
@@ -255,6 +261,38 @@ fn decode_value(v: &HeaderValue<'_>, raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The unfolding this module used before, kept as the reference.
+    fn unfold_reference(v: &str) -> String {
+        let mut out = String::with_capacity(v.len());
+        for piece in v.split("\r\n").flat_map(|l| l.split('\n')) {
+            out.push_str(piece.trim_end_matches('\r'));
+        }
+        out.trim().to_string()
+    }
+
+    #[test]
+    fn unfold_removes_line_breaks_and_trims() {
+        let cases = [
+            "",
+            "plain",
+            "  padded\t",
+            "one\r\n two",
+            "one\n two",
+            "one\r\r\n two\r",
+            "a\rb",
+            "a\r\rb\r\n\r\n c",
+            "\r\n lead",
+            "trail \r\n",
+            "x\n\ny",
+            "\r",
+            "\n",
+            "é\r\n\tü",
+        ];
+        for c in cases {
+            assert_eq!(unfold(c.to_string()), unfold_reference(c), "{c:?}");
+        }
+    }
 
     const MSG: &[u8] = b"From: =?utf-8?q?J=C3=B6rg?= <j@example.test>\r\n\
 To: a@example.test, B <b@example.test>\r\n\
