@@ -17,12 +17,14 @@ use crate::types::{DataResult, Envelope, Param, Route, Session, Stage, Verdict};
 ///
 /// # Lifecycle
 ///
-/// The host makes a fresh instance of the component for each SMTP session
-/// and calls `init` with the policy's config before any hook, so the value
-/// `init` returns lives for one session: per-session state can live in it
-/// (behind `Cell`/`RefCell`, since hooks take `&self`). State shared between
-/// sessions goes through the kv capability ([`Context::kv_get`] and
-/// friends).
+/// By default the host makes a fresh instance of the component for each
+/// SMTP session and calls `init` with the policy's config before any hook,
+/// so the value `init` returns lives for one session: per-session state can
+/// live in it (behind `Cell`/`RefCell`, since hooks take `&self`). State
+/// shared between sessions goes through the kv capability
+/// ([`Context::kv_get`] and friends). An operator may set
+/// `reuse_instances = true` for a policy that keeps no per-session state:
+/// then one instance, and its `init` value, serves many sessions.
 ///
 /// # Example
 ///
