@@ -988,14 +988,18 @@ impl ChainSession {
     /// Record TLS `(version, cipher)` after STARTTLS (or `None` after a
     /// reset of the session state).
     pub fn set_tls(&mut self, tls: Option<(String, String)>) {
+        self.session.tls = tls.as_ref().map(|(version, cipher)| types::TlsInfo {
+            version: version.clone(),
+            cipher: cipher.clone(),
+        });
         self.info.tls = tls;
-        self.session = wit_session(&self.info);
     }
 
     /// Record the EHLO/HELO name (before calling [`helo`](Self::helo)).
     pub fn set_helo(&mut self, helo: String) {
+        // Only the field that changed: the addresses are formatted once.
+        self.session.helo = Some(helo.clone());
         self.info.helo = Some(helo);
-        self.session = wit_session(&self.info);
     }
 
     /// A client connected.

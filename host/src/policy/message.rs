@@ -22,8 +22,27 @@ pub(crate) struct HeaderField {
     pub(crate) name: String,
     /// The value unfolded, undecoded, trimmed.
     pub(crate) raw: String,
-    /// The value decoded (RFC 2047) to UTF-8.
-    pub(crate) decoded: String,
+    /// The value decoded (RFC 2047) to UTF-8 (see [`HeaderField::decoded`]).
+    decoded: Decoded,
+}
+
+/// A decoded value, or what it is made from when making it is dear and
+/// most policies never ask (a date: formatting it is most of the cost of
+/// a Date field).
+#[derive(Debug, Clone)]
+enum Decoded {
+    Text(String),
+    Date(mail_parser::DateTime),
+}
+
+impl HeaderField {
+    /// The value decoded (RFC 2047) to UTF-8; a date in RFC 822 form.
+    pub(crate) fn decoded(&self) -> String {
+        match &self.decoded {
+            Decoded::Text(t) => t.clone(),
+            Decoded::Date(d) => unfold(d.to_rfc822()),
+        }
+    }
 }
 
 /// A MIME leaf.
@@ -81,7 +100,10 @@ impl ParsedMessage {
                 let start = (h.offset_start as usize).min(raw.len());
                 let end = (h.offset_end as usize).clamp(start, raw.len());
                 let raw_value = unfold(String::from_utf8_lossy(&raw[start..end]).into_owned());
-                let decoded = unfold(decode_value(h.value(), &raw_value));
+                let decoded = match h.value() {
+                    HeaderValue::DateTime(d) => Decoded::Date(d.clone()),
+                    v => Decoded::Text(unfold(decode_value(v, &raw_value))),
+                };
                 HeaderField {
                     name: h.name().to_string(),
                     raw: raw_value,
@@ -171,7 +193,7 @@ impl ParsedMessage {
         self.headers
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.decoded.clone())
+            .map(HeaderField::decoded)
             .collect()
     }
 
@@ -269,6 +291,17 @@ mod tests {
             out.push_str(piece.trim_end_matches('\r'));
         }
         out.trim().to_string()
+    }
+
+    #[test]
+    fn a_date_is_decoded_when_asked() {
+        let m = ParsedMessage::parse(Arc::from(
+            &b"Date: Tue, 1 Dec 2026 10:20:30 +0100 (CET)\r\nSubject: x\r\n\r\nbody"[..],
+        ));
+        assert_eq!(m.header("date"), vec!["Tue, 1 Dec 2026 10:20:30 +0100"]);
+        let date = m.headers(10).next().unwrap();
+        assert_eq!(date.raw, "Tue, 1 Dec 2026 10:20:30 +0100 (CET)");
+        assert_eq!(date.decoded(), "Tue, 1 Dec 2026 10:20:30 +0100");
     }
 
     #[test]

@@ -83,6 +83,18 @@ pub(crate) fn apply_headers(msg: &[u8], changes: &[Change]) -> Option<Vec<u8>> {
     {
         return None;
     }
+    if !changes.iter().any(|c| matches!(c, Change::RemoveHeader(_))) {
+        // Only additions: they go on top, in order, before the message as
+        // it is (the common case; no need to take the header apart).
+        let mut out = Vec::with_capacity(msg.len() + 256);
+        for c in changes {
+            if let Change::AddHeader { name, value } = c {
+                out.extend_from_slice(&fold(name, value));
+            }
+        }
+        out.extend_from_slice(msg);
+        return Some(out);
+    }
     let (fields, rest) = split(msg);
     // (name, raw) owned list so additions can mix with originals.
     let mut list: Vec<(Vec<u8>, Vec<u8>)> = fields
@@ -201,6 +213,34 @@ mod tests {
             apply_headers(MSG, &[Change::AddRecipient("a@b.c".into())]),
             None
         );
+    }
+
+    #[test]
+    fn additions_alone_go_on_top_of_the_message_as_it_is() {
+        let adds = [
+            Change::AddHeader {
+                name: "X-One".into(),
+                value: "1".into(),
+            },
+            Change::AddRecipient("c@d.e".into()),
+            Change::AddHeader {
+                name: "X-Two".into(),
+                value: "2".into(),
+            },
+        ];
+        let mut want = b"X-One: 1\r\nX-Two: 2\r\n".to_vec();
+        want.extend_from_slice(MSG);
+        assert_eq!(apply_headers(MSG, &adds).unwrap(), want);
+        // The same as the general path (a removal of a field not there).
+        let mut with_removal = adds.to_vec();
+        with_removal.push(Change::RemoveHeader("X-Absent".into()));
+        assert_eq!(apply_headers(MSG, &with_removal).unwrap(), want);
+        // A header section that is not one (a leading continuation line).
+        let odd = b" not a field\r\nSubject: x\r\n\r\nbody";
+        let mut want = b"X-One: 1\r\nX-Two: 2\r\n".to_vec();
+        want.extend_from_slice(odd);
+        assert_eq!(apply_headers(odd, &adds).unwrap(), want);
+        assert_eq!(apply_headers(odd, &with_removal).unwrap(), want);
     }
 
     #[test]
