@@ -250,7 +250,7 @@ pub(crate) fn cut(s: &str, max: usize) -> &str {
 /// (CRLF or bare LF, with any CRs just before them or at the end) go, a
 /// CR elsewhere stays. Most values have no break and are trimmed in place.
 fn unfold(v: String) -> String {
-    if !v.contains(['\r', '\n']) {
+    if memchr::memchr2(b'\r', b'\n', v.as_bytes()).is_none() {
         let t = v.trim();
         return if t.len() == v.len() { v } else { t.to_string() };
     }
