@@ -101,7 +101,7 @@ impl ParsedMessage {
                 let end = (h.offset_end as usize).clamp(start, raw.len());
                 let raw_value = unfold(String::from_utf8_lossy(&raw[start..end]).into_owned());
                 let decoded = match h.value() {
-                    HeaderValue::DateTime(d) => Decoded::Date(d.clone()),
+                    HeaderValue::DateTime(d) => Decoded::Date(*d),
                     v => Decoded::Text(unfold(decode_value(v, &raw_value))),
                 };
                 HeaderField {
