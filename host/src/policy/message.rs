@@ -100,9 +100,9 @@ impl ParsedMessage {
                 let start = (h.offset_start as usize).min(raw.len());
                 let end = (h.offset_end as usize).clamp(start, raw.len());
                 let raw_value = unfold(String::from_utf8_lossy(&raw[start..end]).into_owned());
-                let decoded = match h.value() {
-                    HeaderValue::DateTime(d) => Decoded::Date(*d),
-                    v => Decoded::Text(unfold(decode_value(v, &raw_value))),
+                let decoded = match decode_value(h.value(), &raw_value) {
+                    Decoded::Text(t) => Decoded::Text(unfold(t)),
+                    date => date,
                 };
                 HeaderField {
                     name: h.name().to_string(),
@@ -261,8 +261,8 @@ fn unfold(v: String) -> String {
     out.trim().to_string()
 }
 
-fn decode_value(v: &HeaderValue<'_>, raw: &str) -> String {
-    match v {
+fn decode_value(v: &HeaderValue<'_>, raw: &str) -> Decoded {
+    Decoded::Text(match v {
         HeaderValue::Text(t) => t.to_string(),
         HeaderValue::TextList(l) => l.iter().map(Cow::as_ref).collect::<Vec<_>>().join(", "),
         HeaderValue::Address(a) => a
@@ -275,9 +275,9 @@ fn decode_value(v: &HeaderValue<'_>, raw: &str) -> String {
             })
             .collect::<Vec<_>>()
             .join(", "),
-        HeaderValue::DateTime(d) => d.to_rfc822(),
+        HeaderValue::DateTime(d) => return Decoded::Date(*d),
         _ => raw.to_string(),
-    }
+    })
 }
 
 #[cfg(test)]
