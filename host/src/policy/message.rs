@@ -261,6 +261,7 @@ fn unfold(v: String) -> String {
     out.trim().to_string()
 }
 
+/// A field's decoded value (a date stays a date until a guest asks).
 fn decode_value(v: &HeaderValue<'_>, raw: &str) -> Decoded {
     Decoded::Text(match v {
         HeaderValue::Text(t) => t.to_string(),
