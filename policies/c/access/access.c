@@ -433,18 +433,25 @@ static char *configure(const sp_json_t *cfg) {
 /* ------------------------------------------------------------------ */
 /* Exports                                                             */
 
+/* Set by a successful init: describe then declares only the stages with
+ * a list (the host skips the others' calls); before init, all of them. */
+static bool initialised;
+
 void exports_sluice_policy_policy_describe(exports_sluice_policy_policy_description_t *ret) {
-    static const sluice_policy_types_stage_t stages[] = {
-        SLUICE_POLICY_TYPES_STAGE_CONNECT,
-        SLUICE_POLICY_TYPES_STAGE_HELO,
-        SLUICE_POLICY_TYPES_STAGE_MAIL_FROM,
-        SLUICE_POLICY_TYPES_STAGE_RCPT,
-    };
-    size_t n = sizeof stages / sizeof stages[0];
+    sluice_policy_types_stage_t stages[4];
+    size_t n = 0;
+    if (!initialised || config.allow_networks.len || config.deny_networks.len)
+        stages[n++] = SLUICE_POLICY_TYPES_STAGE_CONNECT;
+    if (!initialised || config.helo.allow.len || config.helo.deny.len)
+        stages[n++] = SLUICE_POLICY_TYPES_STAGE_HELO;
+    if (!initialised || config.senders.allow.len || config.senders.deny.len)
+        stages[n++] = SLUICE_POLICY_TYPES_STAGE_MAIL_FROM;
+    if (!initialised || config.recipients.allow.len || config.recipients.deny.len)
+        stages[n++] = SLUICE_POLICY_TYPES_STAGE_RCPT;
     ret->name = sp_string("access");
     ret->version = sp_string("0.1.0");
-    ret->stages.ptr = (sluice_policy_types_stage_t *)malloc(sizeof stages);
-    memcpy(ret->stages.ptr, stages, sizeof stages);
+    ret->stages.ptr = (sluice_policy_types_stage_t *)malloc(n ? n * sizeof stages[0] : 1);
+    if (n) memcpy(ret->stages.ptr, stages, n * sizeof stages[0]);
     ret->stages.len = n;
 }
 
@@ -459,6 +466,7 @@ bool exports_sluice_policy_policy_init(policy_world_string_t *config_json,
         sp_json_free(&cfg);
     }
     policy_world_string_free(config_json);
+    initialised = message == NULL;
     if (!message) return true;
     *err = sp_string(message);
     free(message);

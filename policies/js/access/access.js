@@ -192,6 +192,17 @@ export class Access extends Policy {
     this.denied = refusal(config);
   }
 
+  /** Only the stages with a list: the host skips the others' calls. */
+  configuredStages() {
+    const pairs = [
+      [Stage.CONNECT, this.networks],
+      [Stage.HELO, this.helo],
+      [Stage.MAIL_FROM, this.senders],
+      [Stage.RCPT, this.recipients],
+    ];
+    return pairs.filter(([, [allow, deny]]) => allow.length > 0 || deny.length > 0).map(([stage]) => stage);
+  }
+
   decide(ctx, [allow, deny], matches, what) {
     if (allow.some(matches)) {
       ctx.debug(`${what} allowed`);

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Config, ConfigError, Verdict } from "../../../guest/js/sluice-policy.js";
+import { Config, ConfigError, Stage, Verdict } from "../../../guest/js/sluice-policy.js";
 import { MockHost } from "../../../guest/js/sluice-mock.js";
 import { Access } from "./access.js";
 
@@ -128,4 +128,12 @@ test("bad configs name the key", () => {
   assert.match(initErr({ reject_status: "5.7" }), /config key `reject_status`/);
   assert.match(initErr({ reject_text: "a\nb" }), /config key `reject_text`/);
   assert.match(initErr({ allow_action: "skip" }), /config key `allow_action`/);
+});
+
+test("only the stages with a list are called", () => {
+  const stages = (config) => new Access(new Config(config)).configuredStages();
+  assert.deepEqual(stages({ deny_networks: ["192.0.2.0/24"] }), [Stage.CONNECT]);
+  assert.deepEqual(stages({ allow_helo: ["mx.example"], deny_recipients: ["@x.example"] }), [Stage.HELO, Stage.RCPT]);
+  assert.deepEqual(stages({ deny_senders: ["a@x.example"] }), [Stage.MAIL_FROM]);
+  assert.deepEqual(stages({}), []);
 });

@@ -133,6 +133,16 @@ class Access(Policy):
         self.recipients = lists(config, "recipients", address_pattern)
         self.denied = refusal(config)
 
+    def configured_stages(self):
+        """Only the stages with a list: the host skips the others' calls."""
+        pairs = [
+            (Stage.CONNECT, self.networks),
+            (Stage.HELO, self.helo),
+            (Stage.MAIL_FROM, self.senders),
+            (Stage.RCPT, self.recipients),
+        ]
+        return [stage for stage, (allow, deny) in pairs if allow or deny]
+
     def decide(self, ctx, allow, deny, matches, what):
         if any(matches(p) for p in allow):
             ctx.debug(f"{what} allowed")

@@ -135,3 +135,15 @@ def test_an_address_without_a_domain_matches_no_domain_pattern():
     run = Run({"deny_recipients": ["example.com", "*.example.com"]})
     assert run.rcpt("example.com") == Verdict.CONTINUE
     assert run.rcpt("a.example.com") == Verdict.CONTINUE
+
+
+def test_only_the_stages_with_a_list_are_called():
+    from sluice_policy import Stage
+
+    def stages(config):
+        return Access(Config(config)).configured_stages()
+
+    assert stages({"deny_networks": ["192.0.2.0/24"]}) == [Stage.CONNECT]
+    assert stages({"allow_helo": ["mx.example"], "deny_recipients": ["@x.example"]}) == [Stage.HELO, Stage.RCPT]
+    assert stages({"deny_senders": ["a@x.example"]}) == [Stage.MAIL_FROM]
+    assert stages({}) == []

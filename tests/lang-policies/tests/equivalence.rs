@@ -488,3 +488,40 @@ reject_text = "Come back later"
     ];
     equivalent("access", &["c"], config, sessions, &[("user", 1)], 0);
 }
+
+/// `describe` comes after `init`, so a policy can declare only the stages
+/// its config needs: every language's `access` declares the same ones.
+#[test]
+fn access_declares_the_same_configured_stages_in_every_language() {
+    let cases = [
+        (r#"deny_networks = ["203.0.113.0/24"]"#, "[Connect]"),
+        (
+            "deny_helo = [\"*.bad.example\"]\ndeny_recipients = [\"blocked@example.com\"]",
+            "[Helo, Rcpt]",
+        ),
+    ];
+    for (config, want) in cases {
+        for lang in ["rust", "c", "python", "js"] {
+            let wasm = component(lang, "access");
+            let sandbox = Sandbox::new();
+            let policy = format!(
+                "[[policy]]\nname = \"access\"\npath = {:?}\nmax_memory = \"128MiB\"\ntimeout = \"1s\"\n[policy.config]\n{config}\n",
+                wasm.display().to_string()
+            );
+            let server = sandbox.start(&sandbox.config(&policy));
+            let declared: Vec<String> = server
+                .log_text()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["fields"]["message"] == "policy loaded")
+                .filter_map(|v| v["fields"]["stages"].as_str().map(str::to_string))
+                .collect();
+            assert_eq!(
+                declared,
+                vec![want.to_string()],
+                "{lang} access with {config:?}; log:\n{}",
+                server.log_text()
+            );
+        }
+    }
+}
