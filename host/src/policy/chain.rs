@@ -689,12 +689,17 @@ fn wit_session(info: &SessionInfo) -> types::Session {
         client_port: info.client_port,
         listener: info.listener.to_string(),
         helo: info.helo.clone(),
-        tls: info.tls.as_ref().map(|(version, cipher)| types::TlsInfo {
-            version: version.clone(),
-            cipher: cipher.clone(),
-        }),
+        tls: wit_tls(info.tls.as_ref()),
         relay_client: info.relay_client,
     }
+}
+
+/// The session record's TLS field from `(version, cipher)`.
+fn wit_tls(tls: Option<&(String, String)>) -> Option<types::TlsInfo> {
+    tls.map(|(version, cipher)| types::TlsInfo {
+        version: version.clone(),
+        cipher: cipher.clone(),
+    })
 }
 
 fn wit_params(params: &[(String, String)]) -> Vec<types::Param> {
@@ -988,10 +993,7 @@ impl ChainSession {
     /// Record TLS `(version, cipher)` after STARTTLS (or `None` after a
     /// reset of the session state).
     pub fn set_tls(&mut self, tls: Option<(String, String)>) {
-        self.session.tls = tls.as_ref().map(|(version, cipher)| types::TlsInfo {
-            version: version.clone(),
-            cipher: cipher.clone(),
-        });
+        self.session.tls = wit_tls(tls.as_ref());
         self.info.tls = tls;
     }
 
