@@ -728,9 +728,9 @@ impl message::HostMessage for HostState {
         Ok(self
             .message(&m)?
             .headers(max)
-            .map(|h| types::Header {
-                name: h.name.clone(),
-                value: h.raw.clone(),
+            .map(|(name, value)| types::Header {
+                name: name.to_string(),
+                value,
             })
             .collect())
     }
