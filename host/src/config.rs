@@ -303,6 +303,12 @@ pub struct PolicyEngineConfig {
     /// Reload the policies when a policy file or the config file changes
     /// (besides SIGHUP and `sluice policy reload`).
     pub watch: bool,
+    /// Run `init` of a policy with fresh instances once per loaded
+    /// version and keep the initialised memory as the component's data
+    /// (a snapshot), instead of running `init` in every session's
+    /// instance. Components over 4 MiB (Python, JavaScript) and policies
+    /// whose `init` leaves a host resource open keep `init` per session.
+    pub init_snapshots: bool,
 }
 
 impl Default for PolicyEngineConfig {
@@ -316,6 +322,7 @@ impl Default for PolicyEngineConfig {
             max_memory: ByteSize(128 << 20),
             parallel_compilation: false,
             watch: true,
+            init_snapshots: true,
         }
     }
 }

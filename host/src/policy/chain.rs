@@ -83,6 +83,9 @@ pub(crate) struct LoadedPolicy {
     /// `reuse_instances`: sessions take `init`ed instances from `warm` and
     /// give them back when they end.
     pub(crate) reuse: bool,
+    /// `pre` is a snapshot taken after `init` (see `super::snapshot`): its
+    /// instances are initialised already.
+    pub(crate) preinit: bool,
     pub(crate) warm: std::sync::Mutex<Vec<Instance>>,
     /// Its `[[policy]]` entry: a reload keeps this loaded version when the
     /// entry and the component's hash are unchanged.
@@ -463,6 +466,72 @@ impl Chain {
         Ok(())
     }
 
+    /// Instantiate `pre` (a copy of `p`'s component, instrumented for a
+    /// snapshot) and run `init` in it, as loading does. The store and the
+    /// instance, for the snapshot to read.
+    pub(crate) async fn init_for_snapshot(
+        &self,
+        p: &LoadedPolicy,
+        pre: &PolicyWorldPre<HostState>,
+    ) -> Result<(Store<HostState>, wasmtime::component::Instance), String> {
+        let mut store = self.new_store(p, Phase::Load);
+        let (.., wall) = self.budgets(p);
+        let instance = match tokio::time::timeout(
+            wall,
+            pre.instance_pre().instantiate_async(&mut store),
+        )
+        .await
+        {
+            Err(_) => return Err(CallError::WallTimeout(wall).to_string()),
+            Ok(Err(e)) => return Err(classify(e, store.data(), p).to_string()),
+            Ok(Ok(i)) => i,
+        };
+        let world = PolicyWorld::new(&mut store, &instance).map_err(|e| one_line(&e))?;
+        let mut inst = Instance {
+            store,
+            world,
+            uses: 0,
+            base_memory: 0,
+        };
+        match self
+            .call(p, &mut inst, Phase::Load, Call::Init(&p.config_json))
+            .await
+        {
+            Ok(Answer::Init(Ok(()))) => {}
+            Ok(Answer::Init(Err(m))) => return Err(format!("init: {}", clean(&m, MAX_REASON))),
+            Ok(_) => unreachable_answer(),
+            Err(e) => return Err(format!("init: {e}")),
+        }
+        Ok((inst.store, instance))
+    }
+
+    /// What a fresh instance of `pre` answers to `describe`, without
+    /// `init` (a snapshot must answer as the initialised policy did).
+    pub(crate) async fn describe_uninitialised(
+        &self,
+        p: &LoadedPolicy,
+        pre: &PolicyWorldPre<HostState>,
+    ) -> Result<types::Description, String> {
+        let mut store = self.new_store(p, Phase::Load);
+        let (.., wall) = self.budgets(p);
+        let world = match tokio::time::timeout(wall, pre.instantiate_async(&mut store)).await {
+            Err(_) => return Err(CallError::WallTimeout(wall).to_string()),
+            Ok(Err(e)) => return Err(classify(e, store.data(), p).to_string()),
+            Ok(Ok(w)) => w,
+        };
+        let mut inst = Instance {
+            store,
+            world,
+            uses: 0,
+            base_memory: 0,
+        };
+        match self.call(p, &mut inst, Phase::Load, Call::Describe).await {
+            Ok(Answer::Describe(d)) => Ok(d),
+            Ok(_) => unreachable_answer(),
+            Err(e) => Err(format!("describe: {e}")),
+        }
+    }
+
     fn budgets(&self, p: &LoadedPolicy) -> (u64, Duration, Duration) {
         let tick = self.engine.cfg.epoch_tick.max(Duration::from_micros(1));
         let ticks = (p.timeout.as_nanos().div_ceil(tick.as_nanos())).max(1);
@@ -485,14 +554,9 @@ impl Chain {
         self.instantiate(p, phase, true).await
     }
 
-    /// A fresh instance of `p` (and `init` in it when `run_init`).
-    async fn instantiate(
-        &self,
-        p: &LoadedPolicy,
-        phase: Phase,
-        run_init: bool,
-    ) -> Result<Instance, CallError> {
-        bump(&p.stats.instantiations);
+    /// A store for an instance of `p`, with its limits, and the budgets of
+    /// one call in `phase` started.
+    fn new_store(&self, p: &LoadedPolicy, phase: Phase) -> Store<HostState> {
         let state = HostState::new(
             p.name.clone(),
             p.grants,
@@ -511,9 +575,28 @@ impl Chain {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let (ticks, io, wall) = self.budgets(p);
+        self.begin(p, &mut store, phase);
+        store
+    }
+
+    /// Start the CPU and I/O budgets of one call.
+    pub(crate) fn begin(&self, p: &LoadedPolicy, store: &mut Store<HostState>, phase: Phase) {
+        let (ticks, io, _) = self.budgets(p);
         store.data_mut().begin_call(phase, ticks, io);
         store.set_epoch_deadline(1);
+    }
+
+    /// A fresh instance of `p` (and `init` in it when `run_init`, unless
+    /// `p` starts from a snapshot taken after `init`).
+    async fn instantiate(
+        &self,
+        p: &LoadedPolicy,
+        phase: Phase,
+        run_init: bool,
+    ) -> Result<Instance, CallError> {
+        bump(&p.stats.instantiations);
+        let mut store = self.new_store(p, phase);
+        let (.., wall) = self.budgets(p);
         let world = match tokio::time::timeout(wall, p.pre.instantiate_async(&mut store)).await {
             Err(_) => return Err(CallError::WallTimeout(wall)),
             Ok(Err(e)) => {
@@ -530,7 +613,7 @@ impl Chain {
             uses: 0,
             base_memory: 0,
         };
-        if run_init {
+        if run_init && !p.preinit {
             match self
                 .call(p, &mut inst, phase, Call::Init(&p.config_json))
                 .await?
@@ -672,7 +755,7 @@ fn error_reject() -> Reply {
     Reply::new(550, Enhanced(5, 7, 1), "policy error")
 }
 
-fn stage_of(s: types::Stage) -> Stage {
+pub(crate) fn stage_of(s: types::Stage) -> Stage {
     match s {
         types::Stage::Connect => Stage::Connect,
         types::Stage::Helo => Stage::Helo,

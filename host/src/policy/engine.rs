@@ -13,6 +13,7 @@ use wasmtime::{Cache, CacheConfig, InstanceAllocationStrategy, PoolingAllocation
 use super::bindings::{PolicyWorld, PolicyWorldPre};
 use super::chain::{Candidate, Chain, LoadedPolicy};
 use super::host::{Grants, GuestCounters, HostState};
+use super::snapshot;
 use super::{
     CONTRACT_PACKAGE, CONTRACT_VERSION, PolicyConfig, PolicyEngineConfig, PolicyError, Services,
     Stage,
@@ -230,8 +231,9 @@ impl Engine {
         p: &PolicyConfig,
         services: &Services,
     ) -> Result<LoadedPolicy, PolicyError> {
-        let mut policy = self.load_one(p, &p.name, &p.path).await?;
+        let (mut policy, wasm) = self.load_one(p, &p.name, &p.path).await?;
         Chain::prepare(&self.inner, &mut policy, services).await?;
+        self.snapshot(&mut policy, wasm, services).await;
         if let Some(path) = &p.candidate {
             // A shadow has a key-value namespace of its own, so that its
             // writes (rate counters…) do not count twice; a canary serves
@@ -240,8 +242,9 @@ impl Engine {
                 CandidateMode::Shadow => format!("{}~shadow", p.name),
                 CandidateMode::Canary => p.name.clone(),
             };
-            let mut c = self.load_one(p, &name, path).await?;
+            let (mut c, wasm) = self.load_one(p, &name, path).await?;
             Chain::prepare(&self.inner, &mut c, services).await?;
+            self.snapshot(&mut c, wasm, services).await;
             policy.candidate = Some(Candidate {
                 policy: Arc::new(c),
                 mode: p.candidate_mode,
@@ -252,12 +255,42 @@ impl Engine {
         Ok(policy)
     }
 
+    /// Start the fresh instances of `policy` from a snapshot taken after
+    /// `init` (see [`super::snapshot`]), when it does not reuse instances
+    /// and `init_snapshots` is on. Best effort: without a snapshot, `init`
+    /// runs in every instance, and the log says why.
+    async fn snapshot(&self, policy: &mut LoadedPolicy, wasm: Arc<[u8]>, services: &Services) {
+        if policy.reuse || !self.inner.cfg.init_snapshots {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let chain = Chain::new(self.inner.clone(), Vec::new(), services.clone());
+        match snapshot::make(&self.inner, &chain, policy, wasm).await {
+            Ok(pre) => {
+                policy.pre = pre;
+                policy.preinit = true;
+                tracing::info!(
+                    target: "sluice::policy",
+                    policy = &*policy.name,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "init snapshot taken: fresh instances start initialised"
+                );
+            }
+            Err(why) => tracing::info!(
+                target: "sluice::policy",
+                policy = &*policy.name,
+                %why,
+                "no init snapshot: init runs in every fresh instance"
+            ),
+        }
+    }
+
     async fn load_one(
         &self,
         p: &PolicyConfig,
         name: &str,
         path: &Path,
-    ) -> Result<LoadedPolicy, PolicyError> {
+    ) -> Result<(LoadedPolicy, Arc<[u8]>), PolicyError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let inner = self.inner.clone();
         let owned_name = name.to_string();
@@ -274,12 +307,12 @@ impl Engine {
                 policy: name.to_string(),
                 cause: e.to_string(),
             })?;
-        let (component, wasm_hash) = rx.await.map_err(|_| PolicyError::Thread {
+        let (component, wasm_hash, wasm) = rx.await.map_err(|_| PolicyError::Thread {
             policy: name.to_string(),
             cause: "the compile thread ended without an answer".into(),
         })??;
         let pre = link(&self.inner, name, &component)?;
-        Ok(LoadedPolicy {
+        let policy = LoadedPolicy {
             name: Arc::from(name),
             version: String::new(),
             wasm_hash,
@@ -296,11 +329,13 @@ impl Engine {
             counters: Arc::new(GuestCounters::default()),
             stats: Default::default(),
             reuse: p.reuse_instances,
+            preinit: false,
             warm: Default::default(),
             cfg: p.clone(),
             loaded_at: std::time::SystemTime::now(),
             candidate: None,
-        })
+        };
+        Ok((policy, wasm))
     }
 
     /// Compile `wasm` into the cache (for `sluice policy compile`) and check
@@ -311,7 +346,7 @@ impl Engine {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let (hits, _) = self.cache_counts();
-        let (component, wasm_hash) = compile(&self.inner, &name, wasm)?;
+        let (component, wasm_hash, _) = compile(&self.inner, &name, wasm)?;
         link(&self.inner, &name, &component)?;
         Ok(Precompiled {
             wasm_hash,
@@ -341,11 +376,12 @@ fn start_ticker(engine: &wasmtime::Engine, tick: Duration) -> Result<(), PolicyE
 }
 
 /// Read and compile (or take from the cache). Runs off the async workers.
+/// The component, its hash and its bytes.
 fn compile(
     inner: &EngineInner,
     policy: &str,
     path: &Path,
-) -> Result<(Component, String), PolicyError> {
+) -> Result<(Component, String, Arc<[u8]>), PolicyError> {
     let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
         policy: policy.to_string(),
         path: path.to_path_buf(),
@@ -357,7 +393,7 @@ fn compile(
         path: path.to_path_buf(),
         cause: one_line(&e),
     })?;
-    Ok((component, hash))
+    Ok((component, hash, Arc::from(bytes)))
 }
 
 /// Whether a loaded policy is what `p` asks for: the same entry, and
@@ -377,7 +413,7 @@ fn unchanged(old: &LoadedPolicy, p: &PolicyConfig) -> bool {
 
 /// Make the calling thread yield to the others (nice 10; Linux sets the
 /// niceness of one thread). Best effort: a failure changes nothing else.
-fn lower_thread_priority() {
+pub(crate) fn lower_thread_priority() {
     let _ = rustix::process::setpriority_process(None, 10);
 }
 

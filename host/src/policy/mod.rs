@@ -101,6 +101,7 @@ mod host;
 mod kv;
 mod message;
 mod reload;
+mod snapshot;
 pub mod tap;
 #[cfg(test)]
 mod tests;

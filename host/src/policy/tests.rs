@@ -641,6 +641,45 @@ async fn a_trap_follows_on_error_and_the_next_call_gets_a_fresh_instance() {
 }
 
 #[tokio::test]
+async fn fresh_instances_start_from_the_init_snapshot() {
+    let e = env(&[]);
+    let calls = |d: Decision| reply_of(&d).2;
+    let tagged = || policy("b", "basic", serde_json::json!({"tag": "snapped"}));
+    // Default: the snapshot is taken at load. Sessions run no init, yet
+    // the guest has its config (read by init, kept in its memory), and
+    // each session's instance starts over from the snapshot.
+    let chain = load(&[tagged()]).await;
+    assert!(chain.policies[0].preinit);
+    for _ in 0..3 {
+        let mut s = chain.session(info());
+        assert_eq!(calls(s.rcpt(&e, "calls@x.test", &[]).await), "calls 1");
+        assert_eq!(calls(s.rcpt(&e, "calls@x.test", &[]).await), "calls 2");
+        let d = s.data(&e, MESSAGE).await;
+        assert_eq!(header(&d, "X-Policy"), ["snapped"]);
+    }
+    assert_eq!(chain.stats()[0].errors, 0);
+
+    // Off, or with reused instances: init runs in each new instance.
+    let cfg = PolicyEngineConfig {
+        init_snapshots: false,
+        ..engine_cfg(&shared_cache())
+    };
+    let off = Engine::new(&cfg)
+        .unwrap()
+        .load_chain(&[tagged()], services())
+        .await
+        .unwrap();
+    let mut reused = tagged();
+    reused.reuse_instances = true;
+    let reused = load(&[reused]).await;
+    for chain in [off, reused] {
+        assert!(!chain.policies[0].preinit);
+        let d = chain.session(info()).data(&e, MESSAGE).await;
+        assert_eq!(header(&d, "X-Policy"), ["snapped"]);
+    }
+}
+
+#[tokio::test]
 async fn reused_instances_are_warm_and_failed_ones_are_not_reused() {
     let e = env(&[]);
     let calls = |d: Decision| reply_of(&d).2;
@@ -831,6 +870,12 @@ async fn compiled_code_is_cached_on_disk() {
     let cfg = engine_cfg(dir.path());
     let basic = [policy("b", "basic", serde_json::json!({}))];
 
+    // Init snapshots compile two more components per policy; this test is
+    // about the component itself.
+    let cfg = PolicyEngineConfig {
+        init_snapshots: false,
+        ..cfg
+    };
     let e1 = Engine::new(&cfg).unwrap();
     e1.load_chain(&basic, services()).await.unwrap();
     assert_eq!(e1.cache_counts(), (0, 1));
