@@ -512,19 +512,10 @@ impl Chain {
         p: &LoadedPolicy,
         pre: &PolicyWorldPre<HostState>,
     ) -> Result<types::Description, String> {
-        let mut store = self.new_store(p, Phase::Load);
-        let (.., wall) = self.budgets(p);
-        let world = match tokio::time::timeout(wall, pre.instantiate_async(&mut store)).await {
-            Err(_) => return Err(CallError::WallTimeout(wall).to_string()),
-            Ok(Err(e)) => return Err(classify(e, store.data(), p).to_string()),
-            Ok(Ok(w)) => w,
-        };
-        let mut inst = Instance {
-            store,
-            world,
-            uses: 0,
-            base_memory: 0,
-        };
+        let mut inst = self
+            .instance_of(p, pre, Phase::Load)
+            .await
+            .map_err(|e| e.to_string())?;
         match self.call(p, &mut inst, Phase::Load, Call::Describe).await {
             Ok(Answer::Describe(d)) => Ok(d),
             Ok(_) => unreachable_answer(),
@@ -552,6 +543,34 @@ impl Chain {
             }
         }
         self.instantiate(p, phase, true).await
+    }
+
+    /// An instance of `pre` (`p`'s component or its snapshot) in a store
+    /// of its own, with `p`'s limits; nothing called in it yet.
+    async fn instance_of(
+        &self,
+        p: &LoadedPolicy,
+        pre: &PolicyWorldPre<HostState>,
+        phase: Phase,
+    ) -> Result<Instance, CallError> {
+        let mut store = self.new_store(p, phase);
+        let (.., wall) = self.budgets(p);
+        let world = match tokio::time::timeout(wall, pre.instantiate_async(&mut store)).await {
+            Err(_) => return Err(CallError::WallTimeout(wall)),
+            Ok(Err(e)) => {
+                return Err(match classify(e, store.data(), p) {
+                    CallError::Trap(m) => CallError::Instantiate(m),
+                    other => other,
+                });
+            }
+            Ok(Ok(w)) => w,
+        };
+        Ok(Instance {
+            store,
+            world,
+            uses: 0,
+            base_memory: 0,
+        })
     }
 
     /// A store for an instance of `p`, with its limits, and the budgets of
@@ -595,24 +614,7 @@ impl Chain {
         run_init: bool,
     ) -> Result<Instance, CallError> {
         bump(&p.stats.instantiations);
-        let mut store = self.new_store(p, phase);
-        let (.., wall) = self.budgets(p);
-        let world = match tokio::time::timeout(wall, p.pre.instantiate_async(&mut store)).await {
-            Err(_) => return Err(CallError::WallTimeout(wall)),
-            Ok(Err(e)) => {
-                return Err(match classify(e, store.data(), p) {
-                    CallError::Trap(m) => CallError::Instantiate(m),
-                    other => other,
-                });
-            }
-            Ok(Ok(w)) => w,
-        };
-        let mut inst = Instance {
-            store,
-            world,
-            uses: 0,
-            base_memory: 0,
-        };
+        let mut inst = self.instance_of(p, &p.pre, phase).await?;
         if run_init && !p.preinit {
             match self
                 .call(p, &mut inst, phase, Call::Init(&p.config_json))
