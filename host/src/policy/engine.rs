@@ -291,26 +291,16 @@ impl Engine {
         name: &str,
         path: &Path,
     ) -> Result<(LoadedPolicy, Arc<[u8]>), PolicyError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let inner = self.inner.clone();
         let owned_name = name.to_string();
         let owned_path = path.to_path_buf();
-        std::thread::Builder::new()
-            .name(format!("sluice-compile-{name}"))
-            .spawn(move || {
-                // Compiling a big component takes seconds of CPU: let the
-                // serving threads go first.
-                lower_thread_priority();
-                let _ = tx.send(compile(&inner, &owned_name, &owned_path));
-            })
-            .map_err(|e| PolicyError::Thread {
-                policy: name.to_string(),
-                cause: e.to_string(),
-            })?;
-        let (component, wasm_hash, wasm) = rx.await.map_err(|_| PolicyError::Thread {
-            policy: name.to_string(),
-            cause: "the compile thread ended without an answer".into(),
-        })??;
+        let (component, wasm_hash, wasm) =
+            on_compile_thread(name, move || compile(&inner, &owned_name, &owned_path))
+                .await
+                .map_err(|cause| PolicyError::Thread {
+                    policy: name.to_string(),
+                    cause,
+                })??;
         let pre = link(&self.inner, name, &component)?;
         let policy = LoadedPolicy {
             name: Arc::from(name),
@@ -411,9 +401,28 @@ fn unchanged(old: &LoadedPolicy, p: &PolicyConfig) -> bool {
         }
 }
 
+/// Run `work` on a thread of its own at low priority and wait for it:
+/// compiling a big component takes seconds of CPU, and the serving threads
+/// go first. `Err` says why the thread gave no answer.
+pub(crate) async fn on_compile_thread<T: Send + 'static>(
+    policy: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("sluice-compile-{policy}"))
+        .spawn(move || {
+            lower_thread_priority();
+            let _ = tx.send(work());
+        })
+        .map_err(|e| e.to_string())?;
+    rx.await
+        .map_err(|_| "the compile thread ended without an answer".to_string())
+}
+
 /// Make the calling thread yield to the others (nice 10; Linux sets the
 /// niceness of one thread). Best effort: a failure changes nothing else.
-pub(crate) fn lower_thread_priority() {
+fn lower_thread_priority() {
     let _ = rustix::process::setpriority_process(None, 10);
 }
 
@@ -422,7 +431,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Check the contract version, then pre-link.
-fn link(
+pub(crate) fn link(
     inner: &EngineInner,
     policy: &str,
     component: &Component,

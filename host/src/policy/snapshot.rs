@@ -38,7 +38,7 @@ use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
 use super::bindings::PolicyWorldPre;
 use super::chain::{Chain, LoadedPolicy};
-use super::engine::{EngineInner, one_line};
+use super::engine::{EngineInner, link, on_compile_thread, one_line};
 use super::host::{HostState, Phase};
 
 /// Larger components keep `init` per session (see the module docs).
@@ -61,16 +61,16 @@ pub(crate) async fn make(
     }
     let instrumented = {
         let (engine, wasm) = (engine.clone(), wasm.clone());
-        off_thread(&p.name, move || {
+        on_compile_thread(&p.name, move || {
             let (_, bytes) = Wizer::new()
                 .instrument_component(&wasm)
                 .map_err(|e| format!("instrument: {}", one_line(&e)))?;
             Component::new(&engine.wasm, &bytes)
                 .map_err(|e| format!("compile the instrumented copy: {}", one_line(&e)))
         })
-        .await?
+        .await??
     };
-    let pre = link(engine, &instrumented)?;
+    let pre = link(engine, &p.name, &instrumented).map_err(|e| e.to_string())?;
     let (mut store, instance) = chain.init_for_snapshot(p, &pre).await?;
     if !store.data().table.is_empty() {
         return Err("init left a host resource open (a stream, a message…), \
@@ -99,13 +99,13 @@ pub(crate) async fn make(
     drop(store);
     let component = {
         let engine = engine.clone();
-        off_thread(&p.name, move || {
+        on_compile_thread(&p.name, move || {
             Component::new(&engine.wasm, &snapshot)
                 .map_err(|e| format!("compile the snapshot: {}", one_line(&e)))
         })
-        .await?
+        .await??
     };
-    let snap = link(engine, &component)?;
+    let snap = link(engine, &p.name, &component).map_err(|e| e.to_string())?;
     let d = chain.describe_uninitialised(p, &snap).await?;
     let stages = super::engine::stage_bits(
         &d.stages
@@ -121,32 +121,6 @@ pub(crate) async fn make(
         ));
     }
     Ok(snap)
-}
-
-fn link(engine: &EngineInner, component: &Component) -> Result<PolicyWorldPre<HostState>, String> {
-    let pre = engine
-        .linker
-        .instantiate_pre(component)
-        .map_err(|e| format!("link: {}", one_line(&e)))?;
-    PolicyWorldPre::new(pre).map_err(|e| format!("link: {}", one_line(&e)))
-}
-
-/// Run `work` on a low-priority thread of its own (compiling takes
-/// seconds of CPU; the serving threads go first) and wait for it.
-async fn off_thread<T: Send + 'static>(
-    policy: &str,
-    work: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(format!("sluice-snapshot-{policy}"))
-        .spawn(move || {
-            super::engine::lower_thread_priority();
-            let _ = tx.send(work());
-        })
-        .map_err(|e| format!("cannot start a thread: {e}"))?;
-    rx.await
-        .map_err(|_| "the snapshot thread ended without an answer".to_string())?
 }
 
 /// What wizer reads the instrumented instance through. Its methods cannot
