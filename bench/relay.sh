@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # End-to-end relay throughput: smtp-source -> relay -> smtp-sink.
 #
-# Usage: bash bench/relay.sh [--quick] [--repeat R] [--no-postfix] [--keep]
+# Usage: bash bench/relay.sh [--quick] [--repeat R] [--conc LIST] [--size LIST]
+#                            [--no-postfix] [--keep]
 #
 #   --quick       1 run per case, fewer messages (a smoke test)
 #   --repeat R    runs per case, the median is reported (default 3; --quick: 1)
+#   --conc LIST   client sessions at a time, comma-separated (default 20,100)
+#   --size LIST   message sizes in octets, comma-separated (default 1024,102400)
 #   --no-postfix  skip the private Postfix relay
 #   --keep        keep the temporary data directories and logs
 #
@@ -38,12 +41,16 @@ set -euo pipefail
 
 QUICK=0
 REPEAT=""
+CONC_ARG="20,100"
+SIZE_ARG="1024,102400"
 WITH_POSTFIX=1
 KEEP=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --repeat) REPEAT="${2:?--repeat needs a number}"; shift ;;
+        --conc) CONC_ARG="${2:?--conc needs a list}"; shift ;;
+        --size) SIZE_ARG="${2:?--size needs a list}"; shift ;;
         --no-postfix) WITH_POSTFIX=0 ;;
         --keep) KEEP=1 ;;
         -h|--help) sed -n '2,/^$/s/^# \{0,1\}//p' "$0"; exit 0 ;;
@@ -55,8 +62,14 @@ done
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SLUICE="$REPO/target/release/sluice"
 WASM_DIR="$REPO/target/policies/wasm32-wasip2/release"
-CONCURRENCY=(20 100)
-SIZES=(1024 102400)
+IFS=, read -r -a CONCURRENCY <<<"$CONC_ARG"
+IFS=, read -r -a SIZES <<<"$SIZE_ARG"
+for v in "${CONCURRENCY[@]}" "${SIZES[@]}"; do
+    case "$v" in ''|*[!0-9]*|0) echo "--conc and --size take positive numbers: $v" >&2; exit 2 ;; esac
+done
+for v in "${CONCURRENCY[@]}"; do
+    [ "$v" -le 300 ] || { echo "--conc: at most 300 sessions (the relays' connection limit): $v" >&2; exit 2; }
+done
 if [ "$QUICK" = 1 ]; then
     N_1K="${N_1K:-1000}"
     N_100K="${N_100K:-300}"
@@ -218,8 +231,8 @@ run_once() { # port conc n size server_pid out
     RUN_SECS="$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')"
     SRC_SECS="$(awk -v a="$t0" -v b="$ts" 'BEGIN { printf "%.2f", b - a }')"
     local hz; hz="$(getconf CLK_TCK)"
-    CPU_SERVER="$(awk -v a="$s0" -v b="$s1" -v hz="$hz" 'BEGIN { printf "%.1f", (b - a) / hz }')"
-    CPU_ALL="$(awk -v a="$j0" -v b="$j1" -v hz="$hz" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.1f", (y[1] - x[1]) / hz }')"
+    CPU_SERVER="$(awk -v a="$s0" -v b="$s1" -v hz="$hz" 'BEGIN { printf "%.2f", (b - a) / hz }')"
+    CPU_ALL="$(awk -v a="$j0" -v b="$j1" -v hz="$hz" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.2f", (y[1] - x[1]) / hz }')"
     sleep 1
     GOT=$(( $(sink_count) - c0 ))
 }
@@ -303,8 +316,10 @@ relay_networks = ["127.0.0.0/8"]
 address = "127.0.0.1:$port"
 
 [limits]
-max_connections = 1000
-max_connections_per_ip = 1000
+# Above the largest --conc used here; x 3 policies it stays within the
+# default [policy_engine] max_instances (1000), so no call lacks a slot.
+max_connections = 300
+max_connections_per_ip = 300
 shutdown_timeout = "20s"
 
 [queue]
@@ -529,7 +544,7 @@ RELAYS=(direct sluice sluice+chain sluice+reuse)
 [ "$WITH_POSTFIX" = 0 ] || RELAYS+=(postfix)
 
 for size in "${SIZES[@]}"; do
-    if [ "$size" = 1024 ]; then n="$N_1K"; else n="$N_100K"; fi
+    if [ "$size" -le 10240 ]; then n="$N_1K"; else n="$N_100K"; fi
     for conc in "${CONCURRENCY[@]}"; do
         run_direct "$conc" "$size" "$n"
         for rep in $(seq 1 "$REPEAT"); do
@@ -598,6 +613,26 @@ for size in "${SIZES[@]}"; do
     for conc in "${CONCURRENCY[@]}"; do
         a="$(rate_of sluice "$conc" "$size")"; b="$(rate_of sluice+chain "$conc" "$size")"; c="$(rate_of sluice+reuse "$conc" "$size")"
         echo "| $conc | $(size_label "$size") | $a | $b | $(overhead "$a" "$b") | $c | $(overhead "$a" "$c") |"
+    done
+done
+
+echo
+echo "CPU per relayed message (median over the runs that counted; \"relay\" is the relay's process"
+echo "tree, \"machine\" all CPUs, client and sink included: what a CPU-bound relay's throughput"
+echo "follows). The chain's share of the machine's CPU is its cost where the cores are the limit:"
+echo
+echo "| concurrency | size | sluice relay / machine µs | +chain (fresh) relay / machine µs | machine overhead (fresh) | +reuse relay / machine µs | machine overhead (reused) |"
+echo "|---|---|---|---|---|---|---|"
+# Median of a field of the notes (relay= or machine=), in µs per message.
+cpu_of() { # relay conc size field
+    awk -F'\t' -v r="$1" -v c="$2" -v z="$3" -v f="$4" '$1 == r && $2 == c && $3 == z && $5 == 1 {
+        if (match($8, f "=[0-9.]+")) print 1e6 * substr($8, RSTART + length(f) + 1, RLENGTH - length(f) - 1) / $4
+    }' "$RESULTS" | sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%.0f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; else print "-" }'
+}
+for size in "${SIZES[@]}"; do
+    for conc in "${CONCURRENCY[@]}"; do
+        am="$(cpu_of sluice "$conc" "$size" machine)"; bm="$(cpu_of sluice+chain "$conc" "$size" machine)"; cm="$(cpu_of sluice+reuse "$conc" "$size" machine)"
+        echo "| $conc | $(size_label "$size") | $(cpu_of sluice "$conc" "$size" relay) / $am | $(cpu_of sluice+chain "$conc" "$size" relay) / $bm | $(overhead "$bm" "$am") | $(cpu_of sluice+reuse "$conc" "$size" relay) / $cm | $(overhead "$cm" "$am") |"
     done
 done
 
