@@ -11,7 +11,8 @@
 #   --no-postfix  skip the private Postfix relay
 #   --keep        keep the temporary data directories and logs
 #
-# Environment: N_1K / N_100K override the message counts; RELAY_TMPDIR picks
+# Environment: N_1K / N_100K override the message counts (N_1K for sizes up
+# to 10 KB, N_100K for larger ones); RELAY_TMPDIR picks
 # where the temporary directories go (default /tmp if it is a real disk
 # filesystem on the same device as the repository, else target/relay-bench).
 #
@@ -582,7 +583,7 @@ echo
 echo "- machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), kernel $(uname -r), load average now $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "- data dirs: $WORK ($FSTYPE, $(df --output=source "$WORK" | tail -n 1))"
 echo "- sluice $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?'), postfix $(postconf -d -h mail_version 2>/dev/null || echo '?')"
-echo "- messages per run: $N_1K (1 KB), $N_100K (100 KB); runs per case: $REPEAT (median of the runs that counted); delivery TLS off everywhere"
+echo "- messages per run: $N_1K (sizes up to 10 KB), $N_100K (larger); runs per case: $REPEAT (median of the runs that counted); delivery TLS off everywhere"
 echo
 echo "| relay | concurrency | size | messages | seconds (median) | msgs/s | ratio vs postfix | ok runs | load1 per run |"
 echo "|---|---|---|---|---|---|---|---|---|"
