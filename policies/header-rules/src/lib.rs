@@ -330,17 +330,7 @@ fn match_line(index: usize, rule: &Rule, field: &str) -> String {
     let (pattern, action) = (rule.regex.as_str(), rule.action.as_str());
     let mut line = String::with_capacity(40 + header.len() + pattern.len() + field.len());
     line.push_str("rule ");
-    let mut digits = [0u8; 20];
-    let (mut at, mut n) = (digits.len(), index);
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    line.extend(digits[at..].iter().map(|&d| char::from(d)));
+    sluice_guest::push_decimal(&mut line, index as u64);
     for piece in [
         " (",
         header,

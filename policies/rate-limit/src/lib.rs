@@ -147,24 +147,6 @@ fn parse_duration(text: &str) -> Result<u32, String> {
     u32::try_from(total).map_err(|_| format!("{text:?} is too long"))
 }
 
-/// Append `n` in decimal. Not `write!`: the formatting machinery is
-/// several KiB of code that every message would pull into the cache.
-fn push_decimal(out: &mut String, mut n: u32) {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        out.push(char::from(d));
-    }
-}
-
 /// FNV-1a, for keys too long for the store.
 fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -192,7 +174,7 @@ impl RateLimit {
         }
         if let Some(i) = window_index {
             key.push(':');
-            push_decimal(&mut key, i);
+            sluice_guest::push_decimal(&mut key, u64::from(i));
         }
         key
     }
@@ -648,15 +630,6 @@ mod tests {
                 .iter()
                 .any(|c| c.starts_with("kv.incr msg:sender:#"))
         );
-    }
-
-    #[test]
-    fn decimals() {
-        for n in [0, 7, 10, 99, 472_222, u32::MAX] {
-            let mut s = String::from("x");
-            push_decimal(&mut s, n);
-            assert_eq!(s, format!("x{n}"));
-        }
     }
 
     #[test]
