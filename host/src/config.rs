@@ -376,13 +376,13 @@ pub struct DeliveryConfig {
     /// Port for MX delivery.
     pub mx_port: u16,
     /// TLS policy for MX delivery.
-    pub tls: crate::delivery::TlsMode,
+    pub tls: crate::route::TlsMode,
     /// Per-domain TLS policy overrides for MX delivery.
-    pub tls_policy: std::collections::BTreeMap<String, crate::delivery::TlsMode>,
+    pub tls_policy: std::collections::BTreeMap<String, crate::route::TlsMode>,
     /// Smarthost `host:port` for all non-local mail.
     pub relay_host: Option<String>,
     /// TLS policy towards the relay host.
-    pub relay_tls: crate::delivery::TlsMode,
+    pub relay_tls: crate::route::TlsMode,
     /// AUTH user name for the relay host.
     pub relay_username: Option<String>,
     /// AUTH password for the relay host.
@@ -407,10 +407,10 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
             mx_port: 25,
-            tls: crate::delivery::TlsMode::Opportunistic,
+            tls: crate::route::TlsMode::Opportunistic,
             tls_policy: Default::default(),
             relay_host: None,
-            relay_tls: crate::delivery::TlsMode::Opportunistic,
+            relay_tls: crate::route::TlsMode::Opportunistic,
             relay_username: None,
             relay_password: None,
             lmtp: None,
@@ -805,12 +805,12 @@ impl Config {
         }
         let d = &self.delivery;
         if let Some(r) = &d.relay_host
-            && crate::delivery::parse_host_port(r).is_none()
+            && crate::route::parse_host_port(r).is_none()
         {
             return Err(invalid("relay_host", format!("{r:?} is not host:port")));
         }
         if let Some(r) = &d.lmtp
-            && crate::delivery::parse_host_port(r).is_none()
+            && crate::route::parse_host_port(r).is_none()
         {
             return Err(invalid("lmtp", format!("{r:?} is not host:port")));
         }

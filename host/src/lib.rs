@@ -21,9 +21,11 @@
 pub mod admin;
 pub mod config;
 pub mod delivery;
+pub mod dns;
 pub mod policy;
 pub mod queue;
 pub mod record;
+pub mod route;
 pub mod scaffold;
 pub mod server;
 pub mod smtp;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice::config::{ByteSize, DnsConfig};
-use sluice::delivery::dns::StaticResolver;
+use sluice::dns::StaticResolver;
 use sluice::policy::{KvStore, OnError, PolicyConfig, Services, SessionInfo};
 
 /// A `[[policy]]` entry for `path` with `config` and the defaults the

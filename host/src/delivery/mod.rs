@@ -1,64 +1,16 @@
-//! Delivery: where each recipient goes ([`Route`]) and the ways mail
-//! leaves — a local Maildir or LMTP, a relay host, or the recipient
+//! Delivery: the ways mail leaves — a local Maildir or LMTP, a relay host, or the recipient
 //! domain's MX found through DNS — plus DSN bounces.
 //!
-//! - [`dns`]: the [`dns::Resolver`] trait, its hickory implementation,
-//!   static overrides, and RFC 5321 §5.1 MX selection.
 //! - [`client`]: the outbound SMTP/LMTP client.
 //! - [`dsn`]: RFC 3464 delivery status notifications.
 //! - [`maildir`]: local delivery into Maildir folders.
 
 pub mod client;
-pub mod dns;
 pub mod dsn;
 pub mod maildir;
 
-use serde::{Deserialize, Serialize};
-
+use crate::dns::MxError;
 use crate::smtp::Enhanced;
-
-/// TLS policy for an outbound connection.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsMode {
-    /// STARTTLS when offered, without verifying the certificate; plain
-    /// otherwise (RFC 3207 as practised between MTAs).
-    #[default]
-    Opportunistic,
-    /// STARTTLS required and the certificate verified for the host name;
-    /// otherwise the attempt fails temporarily.
-    Require,
-    /// Never STARTTLS.
-    None,
-}
-
-/// The next hop for one recipient.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Route {
-    /// A local mailbox (Maildir under the data folder, or LMTP when set).
-    Local,
-    /// A relay host (smarthost).
-    Relay {
-        /// Host name or address.
-        host: String,
-        /// TCP port.
-        port: u16,
-        /// TLS policy.
-        tls: TlsMode,
-    },
-    /// The MX hosts of this domain.
-    Mx {
-        /// The recipient domain (lower case).
-        domain: String,
-    },
-    /// Refuse the recipient with this status and text (a DSN follows).
-    Reject {
-        /// Enhanced status, e.g. 5.1.1.
-        status: Enhanced,
-        /// Human-readable reason.
-        text: String,
-    },
-}
 
 /// The result of one delivery attempt for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,16 +62,38 @@ impl Outcome {
     }
 }
 
-/// Split `host:port` (`[v6]:port` for IPv6 literals).
-pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let port = port.parse().ok()?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() || host.contains(' ') {
-        return None;
+impl From<MxError> for Outcome {
+    /// An MX lookup that failed, as the outcome of a delivery attempt (no
+    /// remote host involved).
+    fn from(e: MxError) -> Self {
+        match e {
+            MxError::Bounce { status, text } => Outcome::fail(status, text),
+            MxError::Defer { status, text } => Outcome::defer(status, text),
+        }
     }
-    Some((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mx_error_as_outcome() {
+        let bounce = MxError::Bounce {
+            status: Enhanced(5, 1, 2),
+            text: "domain x not found".into(),
+        };
+        assert_eq!(
+            Outcome::from(bounce),
+            Outcome::fail(Enhanced(5, 1, 2), "domain x not found")
+        );
+        let defer = MxError::Defer {
+            status: Enhanced(4, 4, 3),
+            text: "later".into(),
+        };
+        assert_eq!(
+            Outcome::from(defer),
+            Outcome::defer(Enhanced(4, 4, 3), "later")
+        );
+    }
 }

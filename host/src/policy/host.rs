@@ -24,7 +24,7 @@ use super::message::{MessageResource, cut};
 use super::tap::{self, HostCall, HostTap, Wire};
 use super::{Services, Stage};
 use crate::config::Capability;
-use crate::delivery::dns::DnsError;
+use crate::dns::DnsError;
 
 use errors::HostError;
 

@@ -118,8 +118,8 @@ pub use message::MessageResource;
 pub use reload::{LiveChain, ReloadReport, Reloader, report_json, watch};
 pub use tap::HostTap;
 
-use crate::delivery::Route;
-use crate::delivery::dns::Resolver;
+use crate::dns::Resolver;
+use crate::route::Route;
 use crate::smtp::Reply;
 
 /// The contract this host speaks: `sluice:policy@CONTRACT_VERSION`.

@@ -21,6 +21,7 @@ use super::bindings::sluice::policy::{clock, errors::HostError};
 use super::bindings::types;
 use super::chain::Answer;
 use super::{CallError, message::cut};
+use crate::smtp::base64;
 
 /// One host call as recorded: the import (`dns.a`, `kv.incr`, …), its
 /// arguments, and what the guest got.
@@ -300,7 +301,7 @@ impl Wire for clock::Timestamp {
 pub fn bytes_value(b: &[u8]) -> Value {
     match std::str::from_utf8(b) {
         Ok(s) => Value::String(s.to_string()),
-        Err(_) => serde_json::json!({ "base64": base64_encode(b) }),
+        Err(_) => serde_json::json!({ "base64": base64::encode(b) }),
     }
 }
 
@@ -308,84 +309,14 @@ pub fn bytes_value(b: &[u8]) -> Value {
 pub fn value_bytes(v: &Value) -> Option<Vec<u8>> {
     match v {
         Value::String(s) => Some(s.as_bytes().to_vec()),
-        Value::Object(o) => base64_decode(o.get("base64")?.as_str()?),
+        Value::Object(o) => base64::decode(o.get("base64")?.as_str()?),
         _ => None,
     }
-}
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding (RFC 4648 §4).
-pub fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Decode [`base64_encode`]'s output; `None` for anything else.
-pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let bytes = text.as_bytes();
-    if !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    let val = |c: u8| B64.iter().position(|&x| x == c).map(|p| p as u32);
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    for (i, chunk) in bytes.chunks(4).enumerate() {
-        let last = i + 1 == bytes.len() / 4;
-        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
-        let mut n = 0u32;
-        for (j, &c) in chunk.iter().enumerate() {
-            let v = if j >= 4 - pad { 0 } else { val(c)? };
-            n = (n << 6) | v;
-        }
-        let got = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&got[..3 - pad]);
-    }
-    Some(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_round_trip() {
-        for data in [
-            &b""[..],
-            b"f",
-            b"fo",
-            b"foo",
-            b"foob",
-            b"fooba",
-            b"foobar",
-            b"\xff\x00\x80",
-        ] {
-            let e = base64_encode(data);
-            assert_eq!(base64_decode(&e).as_deref(), Some(data), "{e}");
-        }
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert!(base64_decode("Zm9").is_none());
-        assert!(base64_decode("Zm=vYmFy").is_none());
-        assert!(base64_decode("Zm9*").is_none());
-    }
 
     #[test]
     fn values_round_trip() {

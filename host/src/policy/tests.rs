@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config::ByteSize;
-use crate::delivery::dns::{DnsError, DnsFuture, Mx, Resolver};
+use crate::dns::{DnsError, DnsFuture, Mx, Resolver};
 use crate::smtp::Enhanced;
 
 fn wasm(name: &str) -> PathBuf {
@@ -300,7 +300,7 @@ async fn basic_verdicts_at_every_stage() {
         RouteDecision::Route(Route::Relay {
             host: "relay.example".into(),
             port: 2525,
-            tls: crate::delivery::TlsMode::None
+            tls: crate::route::TlsMode::None
         })
     );
     assert_eq!(

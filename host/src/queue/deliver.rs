@@ -7,9 +7,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::Inner;
+use crate::delivery::Outcome;
 use crate::delivery::client::{ClientError, Connection, OutRcpt, OutboundMessage, RcptResult};
-use crate::delivery::dns::{self, MxError, Target};
-use crate::delivery::{Outcome, Route, TlsMode};
+use crate::dns::{self, MxError, Target};
+use crate::route::{Route, TlsMode};
 use crate::smtp::command::Body;
 use crate::smtp::{Enhanced, Reply};
 use crate::spool::Envelope;
@@ -194,7 +195,7 @@ impl Inner {
         msg: Arc<Vec<u8>>,
     ) -> Vec<Outcome> {
         if let Some(lmtp) = &self.cfg.delivery.lmtp {
-            let Some((host, port)) = crate::delivery::parse_host_port(lmtp) else {
+            let Some((host, port)) = crate::route::parse_host_port(lmtp) else {
                 return vec![
                     Outcome::defer(Enhanced(4, 3, 5), "bad lmtp address in config");
                     idx.len()

@@ -24,9 +24,10 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::config::Config;
 use crate::delivery::client::{ClientConfig, Credentials};
-use crate::delivery::dns::Resolver;
 use crate::delivery::maildir::Maildirs;
-use crate::delivery::{Outcome, Route, TlsMode, dsn};
+use crate::delivery::{Outcome, dsn};
+use crate::dns::Resolver;
+use crate::route::{Route, TlsMode};
 use crate::smtp::Enhanced;
 use crate::spool::{
     ClientInfo, ENVELOPE_VERSION, Envelope, NewMessage, RcptState, Recipient, Spool, SpoolError,
@@ -65,7 +66,7 @@ impl Router {
         Self {
             local_domains: cfg.local_domains.clone(),
             relay: cfg.delivery.relay_host.as_deref().and_then(|r| {
-                crate::delivery::parse_host_port(r).map(|(h, p)| (h, p, cfg.delivery.relay_tls))
+                crate::route::parse_host_port(r).map(|(h, p)| (h, p, cfg.delivery.relay_tls))
             }),
         }
     }

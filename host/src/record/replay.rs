@@ -247,12 +247,10 @@ impl Replayer {
             engine_cfg.pooling = false;
             engine_cfg.cache_dir = cache_dir;
             let engine = Engine::new(&engine_cfg)?;
-            let resolver: Arc<dyn crate::delivery::dns::Resolver> = match unrecorded {
-                Unrecorded::Live => crate::delivery::dns::from_config(&config.dns)?,
+            let resolver: Arc<dyn crate::dns::Resolver> = match unrecorded {
+                Unrecorded::Live => crate::dns::from_config(&config.dns)?,
                 // Nothing is asked of it but by `init`: no network at all.
-                _ => Arc::new(crate::delivery::dns::StaticResolver::only(
-                    &DnsConfig::default(),
-                )),
+                _ => Arc::new(crate::dns::StaticResolver::only(&DnsConfig::default())),
             };
             let services = Services {
                 resolver,
@@ -275,8 +273,8 @@ impl Replayer {
     /// `reject X.Y.Z text` or `defer CODE X.Y.Z text`. Host calls of route
     /// hooks go to the replay's own services (no network).
     pub async fn route(&self, rcpt: &str) -> String {
-        use crate::delivery::Route;
         use crate::policy::RouteDecision;
+        use crate::route::Route;
         let Some(chain) = &self.chain else {
             return "default".into();
         };
@@ -390,7 +388,7 @@ impl Replayer {
                     if let Some(last) = message_replies.back_mut() {
                         *last = Some(Reply {
                             code: *code,
-                            enhanced: enhanced.as_deref().and_then(parse_enhanced),
+                            enhanced: enhanced.as_deref().and_then(crate::smtp::Enhanced::parse),
                             lines: if lines.is_empty() {
                                 vec![String::new()]
                             } else {
@@ -583,16 +581,6 @@ async fn ask(
         Decision::Continue | Decision::Accept => Verdict::Accept,
         Decision::Reject(r) | Decision::Tempfail(r) => Verdict::Reject(r),
     }
-}
-
-fn parse_enhanced(s: &str) -> Option<crate::smtp::Enhanced> {
-    let mut it = s.split('.');
-    let e = crate::smtp::Enhanced(
-        it.next()?.parse().ok()?,
-        it.next()?.parse().ok()?,
-        it.next()?.parse().ok()?,
-    );
-    it.next().is_none().then_some(e)
 }
 
 /// The chunk size of a `BDAT n [LAST]` line.

@@ -8,7 +8,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::policy::tap::{PolicyResult, base64_decode, base64_encode};
+use crate::policy::tap::PolicyResult;
+use crate::smtp::base64;
 
 /// The value of every record's `format` field.
 pub const FORMAT: &str = "sluice-session";
@@ -194,7 +195,7 @@ pub fn message_event(t: u64, body: &[u8], redact: bool) -> Event {
     } else {
         match std::str::from_utf8(body) {
             Ok(s) => data = Some(s.to_string()),
-            Err(_) => data_base64 = Some(base64_encode(body)),
+            Err(_) => data_base64 = Some(base64::encode(body)),
         }
     }
     Event::Message {
@@ -239,7 +240,7 @@ impl SessionRecord {
         };
         let full = match (data, data_base64) {
             (Some(d), _) => Some(d.as_bytes().to_vec()),
-            (None, Some(b)) => Some(base64_decode(b)?),
+            (None, Some(b)) => Some(base64::decode(b)?),
             (None, None) => None,
         };
         match full {

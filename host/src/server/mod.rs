@@ -139,8 +139,8 @@ impl Server {
             listeners.push((socket, l.clone()));
         }
         let spool: Arc<dyn Spool> = Arc::new(spool);
-        let resolver = crate::delivery::dns::from_config(&config.dns)
-            .map_err(|e| ServerError::Dns(e.to_string()))?;
+        let resolver =
+            crate::dns::from_config(&config.dns).map_err(|e| ServerError::Dns(e.to_string()))?;
         let roots = crate::delivery::client::load_roots(config.delivery.ca_file.as_deref())
             .map_err(|e| ServerError::ClientTls(e.to_string()))?;
         let client = ClientConfig {

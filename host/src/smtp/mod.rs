@@ -3,6 +3,7 @@
 //! [`Action`]s out (the rustls split applied to SMTP).
 
 pub mod address;
+pub mod base64;
 pub mod command;
 pub mod data;
 pub mod reply;

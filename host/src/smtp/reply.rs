@@ -9,6 +9,30 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Enhanced(pub u8, pub u16, pub u16);
 
+impl Enhanced {
+    /// `class.subject.detail` exactly (RFC 3463 §2): a class of 2, 4 or 5,
+    /// a subject and a detail of one to three digits; `None` otherwise.
+    pub fn parse(s: &str) -> Option<Enhanced> {
+        let mut parts = s.split('.');
+        let (c, sub, d) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let num = |p: &str, max: usize| {
+            if p.is_empty() || p.len() > max || !p.bytes().all(|b| b.is_ascii_digit()) {
+                None
+            } else {
+                p.parse::<u16>().ok()
+            }
+        };
+        let class = num(c, 1)?;
+        if !matches!(class, 2 | 4 | 5) {
+            return None;
+        }
+        Some(Enhanced(class as u8, num(sub, 3)?, num(d, 3)?))
+    }
+}
+
 impl fmt::Display for Enhanced {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.0, self.1, self.2)
@@ -309,6 +333,18 @@ pub mod std_replies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enhanced_codes() {
+        assert_eq!(Enhanced::parse("5.7.1"), Some(Enhanced(5, 7, 1)));
+        assert_eq!(Enhanced::parse("4.2.0"), Some(Enhanced(4, 2, 0)));
+        assert_eq!(Enhanced::parse("2.1.999"), Some(Enhanced(2, 1, 999)));
+        for bad in [
+            "", "5.7", "5.7.1.2", "3.0.0", "5.x.1", "5.1000.1", "55.1.1", " 4.2.0",
+        ] {
+            assert_eq!(Enhanced::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn wire_single_and_multi() {
