@@ -22,6 +22,8 @@ pub mod admin;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+pub mod gate;
+pub mod gateway;
 pub mod policy;
 pub mod queue;
 pub mod record;

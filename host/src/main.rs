@@ -508,7 +508,7 @@ fn serve(config: Option<PathBuf>, log_format: Option<LogFormat>) -> anyhow::Resu
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let server = sluice::server::Server::bind_from(cfg, config).await?;
+        let server = sluice::gateway::Gateway::start(cfg, config).await?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         // Install the handlers before serving, so a signal that comes at
         // once still means "shut down cleanly", never the default action.

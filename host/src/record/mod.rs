@@ -20,6 +20,7 @@
 
 pub mod replay;
 pub mod schema;
+mod script;
 pub mod suite;
 pub mod transcript;
 pub mod writer;
@@ -389,6 +390,38 @@ impl HostTap for SessionTap {
         let mut c = lock(&self.capture);
         result.calls = std::mem::take(&mut c.calls);
         c.pending.push(result);
+    }
+}
+
+impl crate::gate::StageTap for SessionTap {
+    fn commands(&self, lines: Vec<Vec<u8>>) {
+        SessionTap::commands(self, lines);
+    }
+
+    fn reply(&self, r: &Reply) {
+        SessionTap::reply(self, r);
+    }
+
+    fn tls(&self, version: &str, cipher: &str) {
+        SessionTap::tls(self, version, cipher);
+    }
+
+    fn message(&self, body: &[u8]) {
+        SessionTap::message(self, body);
+    }
+
+    fn stage(&self, check: &Check, verdict: &Verdict) {
+        SessionTap::stage(self, check, verdict);
+    }
+
+    fn data(&self, d: &DataDecision) {
+        SessionTap::data(self, d);
+    }
+
+    fn end(&self) {
+        // Live: the record goes to the writer. (Replay keeps its tap and
+        // calls `finish` itself.)
+        let _ = self.finish();
     }
 }
 

@@ -16,7 +16,7 @@
 //! outcome of its reply and, for the data stage, its changes — which are
 //! compared by label and occurrence.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -25,16 +25,15 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::schema::{Event, MessageContent, SessionRecord};
+use super::script::ClientScript;
 use super::{Answers, SessionStart, SessionTap};
 use crate::config::{Config, DnsConfig, PolicyConfig, RecordMode};
+use crate::gate::{AccessRules, DataVerdict, GatePeer, GateSession};
 use crate::policy::tap::CallResult;
-use crate::policy::{
-    Chain, DataOutcome, Decision, Engine, EnvelopeInfo, KvStore, Services, SessionInfo,
-};
-use crate::server::access::AccessRules;
+use crate::policy::{Chain, Engine, EnvelopeInfo, KvStore, Services};
 use crate::smtp::command::{self, Command};
 use crate::smtp::reply::std_replies;
-use crate::smtp::{Action, Check, Reply, Session, Verdict, Waiting};
+use crate::smtp::{Action, Session, Waiting};
 
 /// How a host call the recording does not have is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -199,7 +198,7 @@ impl Answers for RecordedCalls {
 pub struct Replayer {
     config: Config,
     chain: Option<Arc<Chain>>,
-    access: AccessRules,
+    access: Arc<AccessRules>,
     unrecorded: Unrecorded,
 }
 
@@ -258,7 +257,10 @@ impl Replayer {
             };
             Some(engine.load_chain(&policies, services).await?)
         };
-        let access = AccessRules::new(config.local_domains.clone(), config.relay_networks.clone());
+        let access = Arc::new(AccessRules::new(
+            config.local_domains.clone(),
+            config.relay_networks.clone(),
+        ));
         Ok(Replayer {
             config,
             chain,
@@ -323,7 +325,15 @@ impl Replayer {
         entries.extend(RecordedCalls::entries_of(rec));
         let answers = RecordedCalls::new(entries, self.unrecorded, started_ms, failures.clone());
         let implicit = rec.tls.clone().map(|t| (t.version, t.cipher));
-        let relay_client = self.access.may_relay(ip);
+        let mut gate = GateSession::new(
+            self.access.clone(),
+            self.chain.clone(),
+            &GatePeer {
+                client: SocketAddr::new(ip, rec.peer.port),
+                listener,
+                tls: implicit.clone(),
+            },
+        );
         let tap = Arc::new(
             SessionTap::new(
                 SessionStart {
@@ -333,8 +343,8 @@ impl Replayer {
                     peer: SocketAddr::new(ip, rec.peer.port),
                     proxy: rec.proxy.as_ref().and_then(|p| p.parse().ok()),
                     tls: implicit.clone(),
-                    relay_client,
-                    chain: self.chain.clone(),
+                    relay_client: gate.relay_client(),
+                    chain: gate.chain().cloned(),
                 },
                 RecordMode::All,
                 None,
@@ -343,117 +353,44 @@ impl Replayer {
             )
             .with_answers(Box::new(answers)),
         );
-        let mut policies = self.chain.as_ref().map(|c| {
-            let mut s = c.session(SessionInfo {
-                client_ip: ip,
-                client_port: rec.peer.port,
-                listener,
-                tls: implicit.clone(),
-                relay_client,
-                helo: None,
-            });
-            s.set_tap(tap.clone());
-            s
-        });
+        gate.set_tap(tap.clone());
         let mut session = Session::new(
             self.config.session_config(implicit.is_none()),
             implicit.is_some(),
         );
         session.log_commands();
 
-        let mut commands: VecDeque<(u64, String)> = VecDeque::new();
-        let mut messages: VecDeque<(u64, Event)> = VecDeque::new();
-        let mut tls: VecDeque<(String, String)> = VecDeque::new();
-        // The recorded reply to each message (for a redacted one).
-        let mut message_replies: VecDeque<Option<Reply>> = VecDeque::new();
-        let mut after_message = false;
-        for e in &rec.events {
-            match e {
-                Event::Command { t, line } => commands.push_back((*t, line.clone())),
-                Event::Message { t, .. } => {
-                    messages.push_back((*t, e.clone()));
-                    message_replies.push_back(None);
-                    after_message = true;
-                }
-                Event::Tls {
-                    version, cipher, ..
-                } => tls.push_back((version.clone(), cipher.clone())),
-                Event::Reply {
-                    code,
-                    enhanced,
-                    lines,
-                    ..
-                } if after_message => {
-                    after_message = false;
-                    if let Some(last) = message_replies.back_mut() {
-                        *last = Some(Reply {
-                            code: *code,
-                            enhanced: enhanced.as_deref().and_then(crate::smtp::Enhanced::parse),
-                            lines: if lines.is_empty() {
-                                vec![String::new()]
-                            } else {
-                                lines.clone()
-                            },
-                        });
-                    }
-                }
-                _ => {}
-            }
-        }
-
-        let mut sender_params: Vec<(String, String)> = Vec::new();
-        let mut last_command = String::new();
-        let mut bdat_left: u64 = 0;
-        let mut message_offset: usize = 0;
+        let mut script = ClientScript::of(rec);
         // Bounded whatever the recording holds: each step consumes input or
         // ends the session.
         for _ in 0..1_000_000 {
-            let action = session.next_action();
-            tap.commands(session.take_commands());
-            match action {
-                Action::Send(r) => tap.reply(&r),
+            match gate.next_action(&mut session) {
+                Action::Send(_) | Action::Done(_) => {}
                 Action::Check(c) => {
-                    let v = match self.access.check(&c, ip) {
-                        Verdict::Accept => match &mut policies {
-                            Some(p) => ask(p, &c, &mut sender_params).await,
-                            None => Verdict::Accept,
-                        },
-                        refused => refused,
-                    };
-                    tap.stage(&c, &v);
+                    let v = gate.check(&c).await;
                     session.answer(v);
                 }
                 Action::Store(t) => {
-                    let Some((mt, event)) = messages.pop_front() else {
+                    let Some(m) = script.take_message() else {
                         session.stored(Err(std_replies::bad_sequence("no message")));
                         continue;
                     };
-                    let recorded_reply = message_replies.pop_front().flatten();
-                    message_offset = 0;
-                    tap.set_time(mt);
-                    tap.push(event.clone());
-                    let content = SessionRecord::message_content(&event);
-                    let result = match (content, &mut policies) {
-                        (Some(MessageContent::Full(_)), Some(p)) => {
-                            let env = EnvelopeInfo {
-                                sender: t.from.to_string(),
-                                sender_params: sender_params.clone(),
-                                recipients: t.recipients.iter().map(|r| r.to.to_string()).collect(),
-                            };
-                            let d = p.data(&env, &t.body).await;
-                            tap.data(&d);
-                            match d.outcome {
-                                DataOutcome::Reject(r) | DataOutcome::Tempfail(r) => Err(r),
+                    tap.set_time(m.t);
+                    tap.push(m.event.clone());
+                    let result = match SessionRecord::message_content(&m.event) {
+                        Some(MessageContent::Full(_)) => {
+                            let mut t = *t;
+                            match gate.data(&mut t).await {
+                                DataVerdict::Refuse(r) => Err(r),
                                 _ => Ok("REPLAYED".to_string()),
                             }
                         }
-                        (Some(MessageContent::Full(_)), None) => Ok("REPLAYED".to_string()),
                         _ => {
                             // Redacted: the data stage cannot run; the
                             // recorded reply keeps the session going.
                             out.skipped.push("data".into());
                             tap.skipped_data();
-                            match recorded_reply {
+                            match m.reply {
                                 Some(r) if !r.is_positive() => Err(r),
                                 _ => Ok("REPLAYED".to_string()),
                             }
@@ -461,81 +398,31 @@ impl Replayer {
                     };
                     session.stored(result);
                 }
-                Action::Done(_) => {}
                 Action::StartTls => {
-                    let (v, c) = tls.pop_front().unwrap_or_else(|| {
-                        (
-                            "TLSv1_3".to_string(),
-                            "TLS13_AES_128_GCM_SHA256".to_string(),
-                        )
-                    });
-                    tap.tls(&v, &c);
-                    if let Some(p) = &mut policies {
-                        p.set_tls(Some((v, c)));
-                    }
+                    let (v, c) = script.tls();
+                    gate.tls_started(&v, &c);
                     session.tls_started();
                 }
-                Action::NeedInput => match session.waiting_for() {
-                    Waiting::Command => match commands.pop_front() {
-                        Some((t, line)) => {
+                Action::NeedInput => {
+                    let input = match session.waiting_for() {
+                        Waiting::Command => script.command(),
+                        Waiting::Data => script.data(),
+                    };
+                    match input {
+                        Ok(Some((t, bytes))) => {
                             tap.set_time(t);
-                            last_command = line.clone();
-                            bdat_left = bdat_size(&line).unwrap_or(0);
-                            let mut wire = line.into_bytes();
-                            wire.extend_from_slice(b"\r\n");
-                            session.feed(&wire);
+                            session.feed(&bytes);
                         }
-                        None => session.eof(),
-                    },
-                    Waiting::Data => {
-                        let Some((mt, event)) = messages.front() else {
-                            out.errors
-                                .push(format!("the recording has no message for {last_command:?}"));
+                        Ok(None) => session.eof(),
+                        Err(gap) => {
+                            if let Some(t) = gap.t {
+                                tap.set_time(t);
+                            }
+                            out.errors.push(gap.what);
                             session.eof();
-                            continue;
-                        };
-                        tap.set_time(*mt);
-                        let body = match SessionRecord::message_content(event) {
-                            Some(MessageContent::Full(b)) => b,
-                            Some(MessageContent::Headers(h)) => h,
-                            None => Vec::new(),
-                        };
-                        if bdat_size(&last_command).is_some() {
-                            let size = match event {
-                                Event::Message { size, .. } => *size as usize,
-                                _ => body.len(),
-                            };
-                            let n = usize::try_from(bdat_left).unwrap_or(usize::MAX);
-                            let mut chunk: Vec<u8> = body
-                                .get(message_offset.min(body.len())..)
-                                .unwrap_or_default()
-                                .iter()
-                                .copied()
-                                .take(n)
-                                .collect();
-                            // A redacted message is shorter than recorded:
-                            // pad to the chunk size.
-                            let room = size.saturating_sub(message_offset).min(n);
-                            if chunk.len() < room {
-                                chunk.resize(room, b'x');
-                            }
-                            if chunk.is_empty() {
-                                out.errors.push(
-                                    "the recorded message is shorter than its BDAT chunks".into(),
-                                );
-                                session.eof();
-                                continue;
-                            }
-                            message_offset += chunk.len();
-                            bdat_left -= chunk.len() as u64;
-                            session.feed(&chunk);
-                        } else {
-                            let mut wire = dot_stuff(&body);
-                            wire.extend_from_slice(b".\r\n");
-                            session.feed(&wire);
                         }
                     }
-                },
+                }
                 Action::Close => break,
             }
         }
@@ -544,69 +431,6 @@ impl Replayer {
             .extend(failures.lock().map(|f| f.clone()).unwrap_or_default());
         out
     }
-}
-
-/// Ask the chain about one stage, as the connection driver does.
-async fn ask(
-    p: &mut crate::policy::ChainSession,
-    c: &Check,
-    sender_params: &mut Vec<(String, String)>,
-) -> Verdict {
-    let d = match c {
-        Check::Connect => p.connect().await,
-        Check::Helo { name } => {
-            p.set_helo(name.clone());
-            p.helo(name).await
-        }
-        Check::MailFrom { from, params } => {
-            *sender_params = crate::server::mail_params(params);
-            p.mail_from(&from.to_string(), sender_params).await
-        }
-        Check::Rcpt {
-            from,
-            to,
-            params,
-            accepted,
-        } => {
-            let env = EnvelopeInfo {
-                sender: from.to_string(),
-                sender_params: sender_params.clone(),
-                recipients: accepted.iter().map(|m| m.to_string()).collect(),
-            };
-            p.rcpt(&env, &to.to_string(), &crate::server::rcpt_params(params))
-                .await
-        }
-    };
-    match d {
-        Decision::Continue | Decision::Accept => Verdict::Accept,
-        Decision::Reject(r) | Decision::Tempfail(r) => Verdict::Reject(r),
-    }
-}
-
-/// The chunk size of a `BDAT n [LAST]` line.
-fn bdat_size(line: &str) -> Option<u64> {
-    let mut words = line.split_ascii_whitespace();
-    if !words.next()?.eq_ignore_ascii_case("BDAT") {
-        return None;
-    }
-    words.next()?.parse().ok()
-}
-
-/// Dot-stuff a message for DATA; a message not ending in CRLF gets one.
-pub(crate) fn dot_stuff(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 16);
-    let mut at_line_start = true;
-    for &b in body {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-    }
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out
 }
 
 /// What one replay produced.
@@ -886,8 +710,6 @@ mod tests {
         );
         assert_eq!(command_label("quit"), "QUIT");
         assert_eq!(command_label("bdat 100 last"), "BDAT 100 last");
-        assert_eq!(bdat_size("BDAT 100 LAST"), Some(100));
-        assert_eq!(bdat_size("DATA"), None);
     }
 
     #[test]

@@ -12,10 +12,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::stream::Stream;
-use super::{Shared, changes, proxy, refuse};
+use super::{Shared, proxy, refuse};
 use crate::config::ListenerConfig;
-use crate::policy::{ChainSession, DataOutcome, Decision, EnvelopeInfo, SessionInfo};
-use crate::smtp::command::{Body, MailParams, RcptParams, Ret};
+use crate::gate::{DataVerdict, GatePeer, GateSession};
 use crate::smtp::reply::std_replies;
 use crate::smtp::{Action, Check, Reply, ReversePath, Session, Transaction, Verdict, Waiting};
 use crate::spool::{
@@ -58,7 +57,6 @@ pub(super) async fn handle(
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let limits = &shared.config.limits;
     let local = tcp.local_addr().unwrap_or(cfg.address);
     let mut tcp = tcp;
     let mut peer = Peer {
@@ -67,82 +65,38 @@ pub(super) async fn handle(
         local,
         tls: None,
     };
-    let mut early = Vec::new();
-    // PROXY protocol: only a trusted proxy's header is read and believed;
-    // anyone else talks SMTP directly and is seen as who they are.
-    if cfg.proxy_protocol
-        && cfg
-            .trusted_proxies
-            .iter()
-            .any(|n| n.contains(&peer_addr.ip()))
-    {
-        match proxy::read_header(&mut tcp, limits.proxy_header_timeout).await {
-            Ok(h) => {
-                if let Some(src) = h.source {
-                    peer.client = src;
-                    peer.proxy = Some(peer_addr);
-                }
-                early = h.rest;
-            }
-            Err(e) => {
-                tracing::warn!(proxy = %peer_addr, error = %e, "bad PROXY header, closing");
-                return;
-            }
-        }
-    }
+    let Some(early) = read_proxy_header(&mut tcp, &mut peer, &cfg, &shared).await else {
+        return;
+    };
     let Some(_slot) = shared.per_ip.try_acquire(peer.client.ip()) else {
         tracing::warn!(client = %peer.client, "per-address connection limit reached");
         refuse(tcp, std_replies::too_many_from_ip()).await;
         return;
     };
-    let stream = if cfg.implicit_tls {
-        match tokio::time::timeout(limits.tls_handshake_timeout, shared.tls.accept(tcp)).await {
-            Ok(Ok(s)) => {
-                peer.tls = Some(tls_info(&s, true));
-                Stream::Tls(Box::new(s))
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(client = %peer.client, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(client = %peer.client, "TLS handshake timed out");
-                return;
-            }
-        }
-    } else {
-        Stream::Plain(tcp)
+    let Some(stream) = open_stream(tcp, &mut peer, &cfg, &shared).await else {
+        return;
     };
     tracing::debug!(client = %peer.client, listener = %local, "connected");
-    let mut d = Driver {
-        shared: shared.clone(),
-        peer: peer.clone(),
-        session: Session::new(
-            shared.config.session_config(!cfg.implicit_tls),
-            cfg.implicit_tls,
-        ),
-        wbuf: Vec::with_capacity(512),
-        last_id: None,
-        policies: shared.chain.current().filter(|c| !c.is_empty()).map(|c| {
-            c.session(SessionInfo {
-                client_ip: peer.client.ip(),
-                client_port: peer.client.port(),
-                listener: local,
-                tls: peer
-                    .tls
-                    .as_ref()
-                    .map(|t| (t.version.clone(), t.cipher.clone())),
-                relay_client: shared.access.may_relay(peer.client.ip()),
-                helo: None,
-            })
-        }),
-        sender_params: Vec::new(),
-        data_note: None,
-        rec: None,
-    };
-    // The recorder names the chain this session runs (a session keeps the
-    // chain it started with).
-    d.rec = shared.recorder.as_ref().and_then(|r| {
+    let tls = peer
+        .tls
+        .as_ref()
+        .map(|t| (t.version.clone(), t.cipher.clone()));
+    let mut gate = GateSession::new(
+        shared.access.clone(),
+        shared.chain.current(),
+        &GatePeer {
+            client: peer.client,
+            listener: local,
+            tls: tls.clone(),
+        },
+    );
+    let mut session = Session::new(
+        shared.config.session_config(!cfg.implicit_tls),
+        cfg.implicit_tls,
+    );
+    // The recorder is a tap on the gate; it names the chain this session
+    // runs (a session keeps the chain it started with).
+    let rec = shared.recorder.as_ref().and_then(|r| {
         r.session(cfg.record, || {
             let (id, started) = crate::record::new_id_and_time();
             crate::record::SessionStart {
@@ -151,29 +105,88 @@ pub(super) async fn handle(
                 listener: local.to_string(),
                 peer: peer.client,
                 proxy: peer.proxy,
-                tls: peer
-                    .tls
-                    .as_ref()
-                    .map(|t| (t.version.clone(), t.cipher.clone())),
-                relay_client: shared.access.may_relay(peer.client.ip()),
-                chain: d.policies.as_ref().map(|p| p.chain().clone()),
+                tls,
+                relay_client: gate.relay_client(),
+                chain: gate.chain().cloned(),
             }
         })
     });
-    if let Some(rec) = &d.rec {
-        d.session.log_commands();
-        if let Some(p) = &mut d.policies {
-            p.set_tap(rec.clone());
-        }
+    if let Some(rec) = rec {
+        session.log_commands();
+        gate.set_tap(rec);
     }
     if !early.is_empty() {
-        d.session.feed(&early);
+        session.feed(&early);
     }
+    let mut d = Driver {
+        shared: shared.clone(),
+        peer,
+        session,
+        gate,
+        wbuf: Vec::with_capacity(512),
+        last_id: None,
+        data_note: None,
+    };
     if let Err(e) = d.run(stream, shutdown).await {
         tracing::debug!(client = %d.peer.client, error = %e, "connection ended");
     }
-    if let Some(rec) = d.rec.take() {
-        rec.finish();
+    d.gate.end();
+}
+
+/// PROXY protocol: only a trusted proxy's header is read and believed;
+/// anyone else talks SMTP directly and is seen as who they are. Returns
+/// the bytes read past the header, or `None` (the connection is closed)
+/// for a bad header.
+async fn read_proxy_header(
+    tcp: &mut TcpStream,
+    peer: &mut Peer,
+    cfg: &ListenerConfig,
+    shared: &Shared,
+) -> Option<Vec<u8>> {
+    let from = peer.client;
+    if !(cfg.proxy_protocol && cfg.trusted_proxies.iter().any(|n| n.contains(&from.ip()))) {
+        return Some(Vec::new());
+    }
+    match proxy::read_header(tcp, shared.config.limits.proxy_header_timeout).await {
+        Ok(h) => {
+            if let Some(src) = h.source {
+                peer.client = src;
+                peer.proxy = Some(from);
+            }
+            Some(h.rest)
+        }
+        Err(e) => {
+            tracing::warn!(proxy = %from, error = %e, "bad PROXY header, closing");
+            None
+        }
+    }
+}
+
+/// The connection's stream: TLS at once on an implicit-TLS listener
+/// (under the handshake timeout; `None` when it fails), plain otherwise.
+async fn open_stream(
+    tcp: TcpStream,
+    peer: &mut Peer,
+    cfg: &ListenerConfig,
+    shared: &Shared,
+) -> Option<Stream> {
+    if !cfg.implicit_tls {
+        return Some(Stream::Plain(tcp));
+    }
+    let timeout = shared.config.limits.tls_handshake_timeout;
+    match tokio::time::timeout(timeout, shared.tls.accept(tcp)).await {
+        Ok(Ok(s)) => {
+            peer.tls = Some(tls_info(&s, true));
+            Some(Stream::Tls(Box::new(s)))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(client = %peer.client, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(client = %peer.client, "TLS handshake timed out");
+            None
+        }
     }
 }
 
@@ -181,16 +194,12 @@ struct Driver {
     shared: Arc<Shared>,
     peer: Peer,
     session: Session,
+    /// The stage gate: built-in rules, the policy chain, the recorder.
+    gate: GateSession,
     wbuf: Vec<u8>,
     last_id: Option<String>,
-    /// The policy chain for this session (the set it started with).
-    policies: Option<ChainSession>,
-    /// MAIL FROM parameters of the current transaction, for the policies.
-    sender_params: Vec<(String, String)>,
     /// How the data stage ended when it did not simply store.
     data_note: Option<&'static str>,
-    /// The session's recorder, when it is recorded.
-    rec: Option<Arc<crate::record::SessionTap>>,
 }
 
 impl Driver {
@@ -219,14 +228,7 @@ impl Driver {
         let mut buf = vec![0u8; READ_CHUNK];
         let mut told_shutdown = false;
         loop {
-            let action = self.session.next_action();
-            if let Some(rec) = &self.rec {
-                rec.commands(self.session.take_commands());
-                if let Action::Send(r) = &action {
-                    rec.reply(r);
-                }
-            }
-            match action {
+            match self.gate.next_action(&mut self.session) {
                 Action::Send(r) => r.write_to(&mut self.wbuf),
                 Action::Check(Check::Connect) if *shutdown.borrow() => {
                     // Accepted just as shutdown began: no new session.
@@ -234,21 +236,11 @@ impl Driver {
                         .answer(Verdict::Reject(std_replies::shutting_down()));
                 }
                 Action::Check(c) => {
-                    let v = match self.shared.access.check(&c, self.peer.client.ip()) {
-                        // The built-in rules (no open relay) come first; a
-                        // policy can refuse more, never allow more.
-                        Verdict::Accept => self.ask_policies(&c).await,
-                        refused => refused,
-                    };
-                    if let Some(rec) = &self.rec {
-                        rec.stage(&c, &v);
-                    }
+                    let v = self.gate.check(&c).await;
                     self.session.answer(v);
                 }
                 Action::Store(t) => {
-                    if let Some(rec) = &self.rec {
-                        rec.message(&t.body);
-                    }
+                    self.gate.received(&t.body);
                     let r = self.store(*t).await;
                     self.session.stored(r);
                 }
@@ -281,12 +273,7 @@ impl Driver {
                         std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
                     })??;
                     let info = tls_info(&tls, false);
-                    if let Some(rec) = &self.rec {
-                        rec.tls(&info.version, &info.cipher);
-                    }
-                    if let Some(p) = &mut self.policies {
-                        p.set_tls(Some((info.version.clone(), info.cipher.clone())));
-                    }
+                    self.gate.tls_started(&info.version, &info.cipher);
                     self.peer.tls = Some(info);
                     stream = Stream::Tls(Box::new(tls));
                     self.session.tls_started();
@@ -328,80 +315,29 @@ impl Driver {
         }
     }
 
-    /// Ask the policy chain about one stage.
-    async fn ask_policies(&mut self, c: &Check) -> Verdict {
-        let Some(p) = &mut self.policies else {
-            return Verdict::Accept;
-        };
-        let d = match c {
-            Check::Connect => p.connect().await,
-            Check::Helo { name } => {
-                p.set_helo(name.clone());
-                p.helo(name).await
-            }
-            Check::MailFrom { from, params } => {
-                self.sender_params = mail_params(params);
-                p.mail_from(&from.to_string(), &self.sender_params).await
-            }
-            Check::Rcpt {
-                from,
-                to,
-                params,
-                accepted,
-            } => {
-                let env = EnvelopeInfo {
-                    sender: from.to_string(),
-                    sender_params: self.sender_params.clone(),
-                    recipients: accepted.iter().map(|m| m.to_string()).collect(),
-                };
-                p.rcpt(&env, &to.to_string(), &rcpt_params(params)).await
-            }
-        };
-        match d {
-            Decision::Continue | Decision::Accept => Verdict::Accept,
-            Decision::Reject(r) | Decision::Tempfail(r) => Verdict::Reject(r),
-        }
-    }
-
+    /// The data stage through the gate, then the spool.
     async fn store(&mut self, mut t: Transaction) -> Result<String, Reply> {
-        let mut quarantine = None;
-        if let Some(p) = &mut self.policies {
-            let env = EnvelopeInfo {
-                sender: t.from.to_string(),
-                sender_params: self.sender_params.clone(),
-                recipients: t.recipients.iter().map(|r| r.to.to_string()).collect(),
-            };
-            let d = p.data(&env, &t.body).await;
-            if let Some(rec) = &self.rec {
-                rec.data(&d);
+        let quarantine = match self.gate.data(&mut t).await {
+            DataVerdict::Refuse(r) => {
+                self.data_note = Some("refused");
+                return Err(r);
             }
-            match d.outcome {
-                DataOutcome::Reject(r) | DataOutcome::Tempfail(r) => {
-                    self.data_note = Some("refused");
-                    return Err(r);
-                }
-                DataOutcome::Discard => {
-                    // The client is told it was queued; nothing is kept.
-                    self.data_note = Some("discarded");
-                    return Ok(new_queue_id());
-                }
-                DataOutcome::Quarantine(reason) => {
-                    self.data_note = Some("quarantined");
-                    quarantine = Some(reason);
-                }
-                DataOutcome::Continue | DataOutcome::Accept => {}
+            DataVerdict::Discard => {
+                // The client is told it was queued; nothing is kept.
+                self.data_note = Some("discarded");
+                return Ok(new_queue_id());
             }
-            if let Some(body) = changes::apply_headers(&t.body, &d.changes) {
-                t.body = body;
-            }
-            for bad in changes::apply_recipients(&mut t.recipients, &d.changes) {
-                tracing::warn!(address = %bad, "a policy added an invalid recipient; ignored");
-            }
-            if t.recipients.is_empty() {
+            DataVerdict::NoRecipients => {
                 self.data_note = Some("no recipients left");
                 return Ok(new_queue_id());
             }
-        }
+            DataVerdict::Store { quarantine } => {
+                if quarantine.is_some() {
+                    self.data_note = Some("quarantined");
+                }
+                quarantine
+            }
+        };
         self.spool_message(t, quarantine).await
     }
 
@@ -460,43 +396,6 @@ impl Driver {
             }
         }
     }
-}
-
-/// MAIL FROM parameters as `(NAME, value)` pairs for the policies.
-pub(crate) fn mail_params(p: &MailParams) -> Vec<(String, String)> {
-    let mut v = Vec::new();
-    if let Some(size) = p.size {
-        v.push(("SIZE".into(), size.to_string()));
-    }
-    match p.body {
-        Some(Body::SevenBit) => v.push(("BODY".into(), "7BIT".into())),
-        Some(Body::EightBitMime) => v.push(("BODY".into(), "8BITMIME".into())),
-        None => {}
-    }
-    if p.smtputf8 {
-        v.push(("SMTPUTF8".into(), String::new()));
-    }
-    match p.ret {
-        Some(Ret::Full) => v.push(("RET".into(), "FULL".into())),
-        Some(Ret::Hdrs) => v.push(("RET".into(), "HDRS".into())),
-        None => {}
-    }
-    if let Some(e) = &p.envid {
-        v.push(("ENVID".into(), e.clone()));
-    }
-    v
-}
-
-/// RCPT TO parameters as `(NAME, value)` pairs for the policies.
-pub(crate) fn rcpt_params(p: &RcptParams) -> Vec<(String, String)> {
-    let mut v = Vec::new();
-    if let Some(n) = p.notify {
-        v.push(("NOTIFY".into(), n.to_param()));
-    }
-    if let Some(o) = &p.orcpt {
-        v.push(("ORCPT".into(), o.clone()));
-    }
-    v
 }
 
 fn display_sender(from: &ReversePath) -> String {

@@ -1,11 +1,11 @@
 //! Listeners and connections: TCP accept loops, connection caps, TLS,
 //! PROXY protocol, graceful shutdown, and the per-connection driver that
-//! runs an [`crate::smtp::Session`] over a socket.
+//! runs an [`crate::smtp::Session`] over a socket through the stage gate
+//! ([`crate::gate`]). What a connection serves with (spool, queue,
+//! chain, recorder) is built by [`crate::gateway`] and handed in as
+//! [`ServerParts`].
 
-pub mod access;
-mod changes;
 mod conn;
-pub(crate) use conn::{mail_params, rcpt_params};
 pub mod limits;
 pub mod proxy;
 mod stream;
@@ -20,12 +20,14 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ListenerConfig};
-use crate::delivery::client::{ClientConfig, Timeouts};
-use crate::queue::{Queue, QueueParts};
+use crate::gate::AccessRules;
+use crate::policy::LiveChain;
+use crate::queue::Queue;
+use crate::record::Recorder;
 use crate::smtp::reply::std_replies;
-use crate::spool::{FsSpool, Spool, SpoolError};
+use crate::spool::Spool;
 
-/// Server start-up errors.
+/// Listener start-up errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A listener could not bind.
@@ -39,42 +41,38 @@ pub enum ServerError {
     /// TLS set-up failed.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    /// The spool could not be opened.
-    #[error(transparent)]
-    Spool(#[from] SpoolError),
-    /// The queue could not load the spool.
-    #[error(transparent)]
-    Queue(#[from] crate::queue::QueueError),
-    /// DNS could not be set up.
-    #[error("DNS: {0}")]
-    Dns(String),
-    /// Outbound TLS trust anchors could not be loaded.
-    #[error("outbound TLS: {0}")]
-    ClientTls(String),
-    /// The admin socket could not be set up.
-    #[error(transparent)]
-    Admin(#[from] crate::admin::AdminError),
-    /// A policy could not be loaded.
-    #[error(transparent)]
-    Policy(#[from] crate::policy::PolicyError),
-    /// The recording writer could not start.
-    #[error("cannot start the session recorder: {0}")]
-    Record(std::io::Error),
+}
+
+/// What the listeners serve with, built by the gateway.
+#[derive(Debug)]
+pub struct ServerParts {
+    /// The configuration.
+    pub config: Config,
+    /// The built-in rules of the stage gate.
+    pub access: Arc<AccessRules>,
+    /// Where accepted messages go.
+    pub spool: Arc<dyn Spool>,
+    /// Told of each message spooled.
+    pub queue: Queue,
+    /// The policy chain new sessions get (swapped by reloads).
+    pub chain: Arc<LiveChain>,
+    /// The session recorder; `None` when no listener records.
+    pub recorder: Option<Arc<Recorder>>,
 }
 
 /// Everything a connection needs, shared.
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    pub(crate) access: access::AccessRules,
+    pub(crate) access: Arc<AccessRules>,
     pub(crate) spool: Arc<dyn Spool>,
     pub(crate) tls: TlsAcceptor,
     pub(crate) per_ip: limits::PerIpLimiter,
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) queue: Queue,
     /// The policy chain new sessions get (swapped by reloads).
-    pub(crate) chain: Arc<crate::policy::LiveChain>,
+    pub(crate) chain: Arc<LiveChain>,
     /// The session recorder; `None` when no listener records.
-    pub(crate) recorder: Option<crate::record::Recorder>,
+    pub(crate) recorder: Option<Arc<Recorder>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -86,40 +84,24 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// A bound, ready server.
-#[derive(Debug)]
-pub struct Server {
-    shared: Arc<Shared>,
-    listeners: Vec<(TcpListener, ListenerConfig)>,
-    admin: tokio::net::UnixListener,
-    reloader: Arc<crate::policy::Reloader>,
+/// Bound listeners and the TLS they serve with, not yet serving.
+pub struct Listeners {
+    tls: TlsAcceptor,
+    bound: Vec<(TcpListener, ListenerConfig)>,
 }
 
-impl Server {
-    /// Open the spool, load TLS, bind every listener.
-    pub async fn bind(config: Config) -> Result<Self, ServerError> {
-        Self::bind_from(config, None).await
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners")
+            .field("bound", &self.bound)
+            .finish_non_exhaustive()
     }
+}
 
-    /// [`bind`](Self::bind), with the file `config` was read from: reloads
-    /// (SIGHUP, `sluice policy reload`, a change of the file) read it
-    /// again.
-    pub async fn bind_from(
-        config: Config,
-        config_path: Option<std::path::PathBuf>,
-    ) -> Result<Self, ServerError> {
-        let (spool, recovery) = FsSpool::open(
-            &config.data_dir,
-            config.spool.group_commit,
-            config.spool.max_batch,
-        )?;
-        tracing::info!(
-            data_dir = %config.data_dir.display(),
-            messages = recovery.messages,
-            removed_partial = recovery.removed,
-            group_commit = config.spool.group_commit,
-            "spool open"
-        );
+impl Listeners {
+    /// Load TLS (a self-signed certificate when none is configured) and
+    /// bind every configured listener.
+    pub async fn bind(config: &Config) -> Result<Self, ServerError> {
         let (tls_config, self_signed) = tls::server_config(config.tls.as_ref(), &config.hostname)?;
         if self_signed {
             tracing::warn!(
@@ -127,7 +109,7 @@ impl Server {
                 "no [tls] certificate configured: using a self-signed certificate made at start"
             );
         }
-        let mut listeners = Vec::new();
+        let mut bound = Vec::new();
         for l in &config.listeners {
             let socket =
                 TcpListener::bind(l.address)
@@ -136,112 +118,51 @@ impl Server {
                         address: l.address,
                         source,
                     })?;
-            listeners.push((socket, l.clone()));
+            bound.push((socket, l.clone()));
         }
-        let spool: Arc<dyn Spool> = Arc::new(spool);
-        let resolver =
-            crate::dns::from_config(&config.dns).map_err(|e| ServerError::Dns(e.to_string()))?;
-        let roots = crate::delivery::client::load_roots(config.delivery.ca_file.as_deref())
-            .map_err(|e| ServerError::ClientTls(e.to_string()))?;
-        let client = ClientConfig {
-            helo_name: config.hostname.clone(),
-            connect_timeout: config.delivery.connect_timeout,
-            timeouts: Timeouts::default(),
-            tls_roots: Arc::new(roots),
-        };
-        let self_addrs = listeners
-            .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
-            .collect();
-        // Policies are compiled (or taken from the compiled cache) and
-        // initialised before the first session; a policy that fails to
-        // load stops the start with a message naming it.
-        let services = crate::policy::Services {
-            resolver: resolver.clone(),
-            kv: Arc::new(crate::policy::KvStore::new(1_000_000, 256 << 20)),
-        };
-        let (engine, chain) = if config.policies.is_empty() {
-            (None, None)
-        } else {
-            // Each session holds one instance per policy it calls; past the
-            // pool's size a call fails and the policy's on_error applies.
-            let needed = config
-                .limits
-                .max_connections
-                .saturating_mul(config.policies.len());
-            if config.policy_engine.pooling
-                && (config.policy_engine.max_instances as usize) < needed
-            {
-                tracing::warn!(
-                    max_instances = config.policy_engine.max_instances,
-                    max_connections = config.limits.max_connections,
-                    policies = config.policies.len(),
-                    "[policy_engine] max_instances is below max_connections x policies: \
-                     under full load some policy calls will fail (and apply on_error)"
-                );
-            }
-            let engine = crate::policy::Engine::new(&config.policy_engine)?;
-            let chain = engine
-                .load_chain(&config.policies, services.clone())
-                .await?;
-            for s in chain.stats() {
-                tracing::info!(policy = %s.name, version = %s.version, "policy loaded");
-            }
-            (Some(engine), Some(chain))
-        };
-        let chain = Arc::new(crate::policy::LiveChain::new(chain));
-        let reloader = Arc::new(crate::policy::Reloader::new(
-            chain.clone(),
-            engine,
-            services,
-            config_path,
-            config.clone(),
-        ));
-        let queue = Queue::new(QueueParts {
-            spool: spool.clone(),
-            config: config.clone(),
-            resolver,
-            client,
-            self_addrs,
-            chain: chain.clone(),
-        })?;
-        let admin = crate::admin::bind(&config.data_dir)?;
-        let recorder = if config
-            .listeners
-            .iter()
-            .any(|l| l.record != crate::config::RecordMode::Off)
-        {
-            Some(crate::record::Recorder::start(&config.record).map_err(ServerError::Record)?)
-        } else {
-            None
-        };
-        let shared = Arc::new(Shared {
-            recorder,
-            access: access::AccessRules::new(
-                config.local_domains.clone(),
-                config.relay_networks.clone(),
-            ),
-            queue,
-            chain,
-            spool,
-            tls: TlsAcceptor::from(tls_config),
-            per_ip: limits::PerIpLimiter::new(config.limits.max_connections_per_ip),
-            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-            config,
-        });
         Ok(Self {
-            shared,
-            listeners,
-            admin,
-            reloader,
+            tls: TlsAcceptor::from(tls_config),
+            bound,
         })
     }
 
-    /// What reloads the policies (for SIGHUP).
-    pub fn reloader(&self) -> Arc<crate::policy::Reloader> {
-        self.reloader.clone()
+    /// The bound addresses, in config order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.bound
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect()
     }
 
+    /// Ready to serve with `parts`.
+    pub fn serve(self, parts: ServerParts) -> Server {
+        let limits = &parts.config.limits;
+        let shared = Arc::new(Shared {
+            per_ip: limits::PerIpLimiter::new(limits.max_connections_per_ip),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            recorder: parts.recorder,
+            access: parts.access,
+            queue: parts.queue,
+            chain: parts.chain,
+            spool: parts.spool,
+            tls: self.tls,
+            config: parts.config,
+        });
+        Server {
+            shared,
+            listeners: self.bound,
+        }
+    }
+}
+
+/// Listeners ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<(TcpListener, ListenerConfig)>,
+}
+
+impl Server {
     /// The bound addresses, in config order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
@@ -254,20 +175,6 @@ impl Server {
     /// sessions `421 4.3.0`, let messages in flight finish (bounded by
     /// `shutdown_timeout`) and return.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
-        let queue_task = tokio::spawn(self.shared.queue.clone().run(shutdown.clone()));
-        let admin_task = tokio::spawn(crate::admin::serve(
-            self.admin,
-            self.shared.queue.clone(),
-            self.reloader.clone(),
-            shutdown.clone(),
-        ));
-        if self.shared.config.policy_engine.watch {
-            tokio::spawn(crate::policy::watch(
-                self.reloader.clone(),
-                self.shared.config.clone(),
-                shutdown.clone(),
-            ));
-        }
         let mut accept_tasks = Vec::new();
         for (listener, cfg) in self.listeners {
             if let Ok(addr) = listener.local_addr() {
@@ -294,18 +201,6 @@ impl Server {
                 "shutdown timeout: closing sessions still open"
             ),
         }
-        if self.shared.recorder.is_some() {
-            // Sessions have ended: write what they recorded.
-            let shared = self.shared.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Some(r) = &shared.recorder {
-                    r.flush(Duration::from_secs(10));
-                }
-            })
-            .await;
-        }
-        let _ = admin_task.await;
-        let _ = queue_task.await;
     }
 }
 

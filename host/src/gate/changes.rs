@@ -76,7 +76,7 @@ fn fold(name: &str, value: &str) -> Vec<u8> {
 
 /// Apply the header changes, in order, to `msg` (which must not include
 /// our trace header). Added fields go to the top, in the order added.
-pub(crate) fn apply_headers(msg: &[u8], changes: &[Change]) -> Option<Vec<u8>> {
+pub fn apply_headers(msg: &[u8], changes: &[Change]) -> Option<Vec<u8>> {
     if !changes
         .iter()
         .any(|c| matches!(c, Change::AddHeader { .. } | Change::RemoveHeader(_)))
@@ -134,7 +134,7 @@ pub(crate) fn apply_headers(msg: &[u8], changes: &[Change]) -> Option<Vec<u8>> {
 
 /// Apply the recipient changes, in order. Returns the addresses that
 /// could not be added (invalid).
-pub(crate) fn apply_recipients(rcpts: &mut Vec<Recipient>, changes: &[Change]) -> Vec<String> {
+pub fn apply_recipients(rcpts: &mut Vec<Recipient>, changes: &[Change]) -> Vec<String> {
     let mut bad = Vec::new();
     for c in changes {
         match c {

@@ -1,6 +1,5 @@
-//! The built-in access rules the gateway applies at each stage before
-//! (and, once the policy layer lands, regardless of) any policy: no open
-//! relay.
+//! The built-in access rules the gate applies at each stage before, and
+//! regardless of, any policy: no open relay.
 
 use std::net::IpAddr;
 

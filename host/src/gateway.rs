@@ -1,0 +1,214 @@
+//! Gateway wiring: builds every box of the message path from the
+//! configuration — the spool, DNS, the outbound client's trust roots, the
+//! policy engine and chain with its reloader, the queue, the admin socket
+//! and the session recorder — and hands them to the listeners
+//! ([`crate::server`]). It is the only module that knows all of them;
+//! `main.rs` only parses the command line and calls [`Gateway::start`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::{Config, RecordMode};
+use crate::delivery::client::{ClientConfig, Timeouts};
+use crate::gate::AccessRules;
+use crate::policy::{Engine, KvStore, LiveChain, PolicyError, Reloader, Services};
+use crate::queue::{Queue, QueueError, QueueParts};
+use crate::record::Recorder;
+use crate::server::{Listeners, Server, ServerError, ServerParts};
+use crate::spool::{FsSpool, Spool, SpoolError};
+
+/// Start-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A listener could not bind, or TLS could not be set up.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The spool could not be opened.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The queue could not load the spool.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// DNS could not be set up.
+    #[error("DNS: {0}")]
+    Dns(String),
+    /// Outbound TLS trust anchors could not be loaded.
+    #[error("outbound TLS: {0}")]
+    ClientTls(String),
+    /// The admin socket could not be set up.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
+    /// A policy could not be loaded.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The recording writer could not start.
+    #[error("cannot start the session recorder: {0}")]
+    Record(std::io::Error),
+}
+
+/// A started gateway: listeners bound, spool open, policies loaded.
+#[derive(Debug)]
+pub struct Gateway {
+    config: Config,
+    server: Server,
+    queue: Queue,
+    admin: tokio::net::UnixListener,
+    reloader: Arc<Reloader>,
+    recorder: Option<Arc<Recorder>>,
+}
+
+impl Gateway {
+    /// Open the spool, bind every listener, load the policies, start
+    /// nothing yet. `config_path` is the file `config` was read from:
+    /// reloads (SIGHUP, `sluice policy reload`, a change of the file) read
+    /// it again.
+    pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Self, GatewayError> {
+        let (spool, recovery) = FsSpool::open(
+            &config.data_dir,
+            config.spool.group_commit,
+            config.spool.max_batch,
+        )?;
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            messages = recovery.messages,
+            removed_partial = recovery.removed,
+            group_commit = config.spool.group_commit,
+            "spool open"
+        );
+        let listeners = Listeners::bind(&config).await?;
+        let spool: Arc<dyn Spool> = Arc::new(spool);
+        let resolver =
+            crate::dns::from_config(&config.dns).map_err(|e| GatewayError::Dns(e.to_string()))?;
+        let roots = crate::delivery::client::load_roots(config.delivery.ca_file.as_deref())
+            .map_err(|e| GatewayError::ClientTls(e.to_string()))?;
+        let client = ClientConfig {
+            helo_name: config.hostname.clone(),
+            connect_timeout: config.delivery.connect_timeout,
+            timeouts: Timeouts::default(),
+            tls_roots: Arc::new(roots),
+        };
+        // Policies are compiled (or taken from the compiled cache) and
+        // initialised before the first session; a policy that fails to
+        // load stops the start with a message naming it.
+        let services = Services {
+            resolver: resolver.clone(),
+            kv: Arc::new(KvStore::new(1_000_000, 256 << 20)),
+        };
+        let (engine, chain) = if config.policies.is_empty() {
+            (None, None)
+        } else {
+            warn_small_pool(&config);
+            let engine = Engine::new(&config.policy_engine)?;
+            let chain = engine
+                .load_chain(&config.policies, services.clone())
+                .await?;
+            for s in chain.stats() {
+                tracing::info!(policy = %s.name, version = %s.version, "policy loaded");
+            }
+            (Some(engine), Some(chain))
+        };
+        let chain = Arc::new(LiveChain::new(chain));
+        let reloader = Arc::new(Reloader::new(
+            chain.clone(),
+            engine,
+            services,
+            config_path,
+            config.clone(),
+        ));
+        let queue = Queue::new(QueueParts {
+            spool: spool.clone(),
+            config: config.clone(),
+            resolver,
+            client,
+            self_addrs: listeners.local_addrs(),
+            chain: chain.clone(),
+        })?;
+        let admin = crate::admin::bind(&config.data_dir)?;
+        let recorder = if config.listeners.iter().any(|l| l.record != RecordMode::Off) {
+            Some(Arc::new(
+                Recorder::start(&config.record).map_err(GatewayError::Record)?,
+            ))
+        } else {
+            None
+        };
+        let server = listeners.serve(ServerParts {
+            access: Arc::new(AccessRules::new(
+                config.local_domains.clone(),
+                config.relay_networks.clone(),
+            )),
+            spool,
+            queue: queue.clone(),
+            chain,
+            recorder: recorder.clone(),
+            config: config.clone(),
+        });
+        Ok(Self {
+            config,
+            server,
+            queue,
+            admin,
+            reloader,
+            recorder,
+        })
+    }
+
+    /// What reloads the policies (for SIGHUP).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
+    /// The bound addresses, in config order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.server.local_addrs()
+    }
+
+    /// Serve until `shutdown` becomes true; then stop accepting, tell idle
+    /// sessions `421 4.3.0`, let messages in flight finish (bounded by
+    /// `shutdown_timeout`), write what was recorded and return.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let queue_task = tokio::spawn(self.queue.clone().run(shutdown.clone()));
+        let admin_task = tokio::spawn(crate::admin::serve(
+            self.admin,
+            self.queue.clone(),
+            self.reloader.clone(),
+            shutdown.clone(),
+        ));
+        if self.config.policy_engine.watch {
+            tokio::spawn(crate::policy::watch(
+                self.reloader.clone(),
+                self.config.clone(),
+                shutdown.clone(),
+            ));
+        }
+        self.server.run(shutdown).await;
+        if let Some(recorder) = self.recorder {
+            // Sessions have ended: write what they recorded.
+            let _ =
+                tokio::task::spawn_blocking(move || recorder.flush(Duration::from_secs(10))).await;
+        }
+        let _ = admin_task.await;
+        let _ = queue_task.await;
+    }
+}
+
+/// Each session holds one instance per policy it calls; past the pool's
+/// size a call fails and the policy's on_error applies.
+fn warn_small_pool(config: &Config) {
+    let needed = config
+        .limits
+        .max_connections
+        .saturating_mul(config.policies.len());
+    if config.policy_engine.pooling && (config.policy_engine.max_instances as usize) < needed {
+        tracing::warn!(
+            max_instances = config.policy_engine.max_instances,
+            max_connections = config.limits.max_connections,
+            policies = config.policies.len(),
+            "[policy_engine] max_instances is below max_connections x policies: \
+             under full load some policy calls will fail (and apply on_error)"
+        );
+    }
+}
