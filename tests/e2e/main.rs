@@ -25,5 +25,6 @@ mod policy_rewrite;
 mod protocol;
 mod proxy;
 mod record_replay;
+mod security;
 mod smuggling;
 mod tls;

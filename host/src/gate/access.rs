@@ -25,12 +25,10 @@ impl AccessRules {
         }
     }
 
-    /// May `client` relay (send to non-local domains)?
+    /// May `client` relay (send to non-local domains)? An IPv4-mapped
+    /// IPv6 address is taken as the IPv4 address it maps.
     pub fn may_relay(&self, client: IpAddr) -> bool {
-        let client = match client {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, IpAddr::V4),
-            v4 => v4,
-        };
+        let client = client.to_canonical();
         self.relay_networks.iter().any(|n| n.contains(&client))
     }
 
@@ -40,8 +38,10 @@ impl AccessRules {
         self.local_domains.contains(&d)
     }
 
-    /// The verdict for one stage.
-    pub fn check(&self, check: &Check, client: IpAddr) -> Verdict {
+    /// The verdict for one stage, for a client that may relay or not
+    /// ([`may_relay`](Self::may_relay), unless the session's address
+    /// cannot be trusted for it).
+    pub fn check(&self, check: &Check, relay_client: bool) -> Verdict {
         match check {
             Check::Rcpt { to, .. } => {
                 // <postmaster> without a domain is always ours (RFC 5321
@@ -51,7 +51,7 @@ impl AccessRules {
                     (Some(_), Some(name)) => self.is_local(&name),
                     (Some(_), None) => false,
                 };
-                if local || self.may_relay(client) {
+                if local || relay_client {
                     Verdict::Accept
                 } else {
                     Verdict::Reject(std_replies::relay_denied())
@@ -85,16 +85,16 @@ mod tests {
         let outside: IpAddr = "203.0.113.9".parse().unwrap();
         let inside: IpAddr = "127.0.0.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        assert_eq!(r.check(&rcpt("<a@Example.COM>"), outside), Verdict::Accept);
-        assert_eq!(r.check(&rcpt("<postmaster>"), outside), Verdict::Accept);
+        assert_eq!(r.check(&rcpt("<a@Example.COM>"), r.may_relay(outside)), Verdict::Accept);
+        assert_eq!(r.check(&rcpt("<postmaster>"), r.may_relay(outside)), Verdict::Accept);
         assert!(
-            matches!(r.check(&rcpt("<a@other.example>"), outside), Verdict::Reject(x) if x.code == 554)
+            matches!(r.check(&rcpt("<a@other.example>"), r.may_relay(outside)), Verdict::Reject(x) if x.code == 554)
         );
         assert!(matches!(
-            r.check(&rcpt("<a@[127.0.0.1]>"), outside),
+            r.check(&rcpt("<a@[127.0.0.1]>"), r.may_relay(outside)),
             Verdict::Reject(_)
         ));
-        assert_eq!(r.check(&rcpt("<a@other.example>"), inside), Verdict::Accept);
-        assert_eq!(r.check(&rcpt("<a@other.example>"), mapped), Verdict::Accept);
+        assert_eq!(r.check(&rcpt("<a@other.example>"), r.may_relay(inside)), Verdict::Accept);
+        assert_eq!(r.check(&rcpt("<a@other.example>"), r.may_relay(mapped)), Verdict::Accept);
     }
 }

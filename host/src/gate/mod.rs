@@ -21,7 +21,7 @@ pub mod access;
 pub mod changes;
 mod params;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use access::AccessRules;
@@ -63,6 +63,10 @@ pub struct GatePeer {
     pub listener: SocketAddr,
     /// TLS `(version, cipher)` when the connection started with TLS.
     pub tls: Option<(String, String)>,
+    /// May the client's address earn relay rights (be matched against
+    /// `relay_networks`)? Not when it is only a proxy's own address
+    /// standing in for an unknown client (PROXY `UNKNOWN`, v2 `LOCAL`).
+    pub relay_rights: bool,
 }
 
 /// How the data stage ended.
@@ -89,7 +93,6 @@ pub enum DataVerdict {
 #[derive(Debug)]
 pub struct GateSession {
     access: Arc<AccessRules>,
-    client: IpAddr,
     relay_client: bool,
     chain: Option<Arc<Chain>>,
     policies: Option<ChainSession>,
@@ -103,7 +106,7 @@ impl GateSession {
     /// (none, or an empty one: the built-in rules alone).
     pub fn new(access: Arc<AccessRules>, chain: Option<Arc<Chain>>, peer: &GatePeer) -> Self {
         let chain = chain.filter(|c| !c.is_empty());
-        let relay_client = access.may_relay(peer.client.ip());
+        let relay_client = peer.relay_rights && access.may_relay(peer.client.ip());
         let policies = chain.as_ref().map(|c| {
             c.session(SessionInfo {
                 client_ip: peer.client.ip(),
@@ -116,7 +119,6 @@ impl GateSession {
         });
         Self {
             access,
-            client: peer.client.ip(),
             relay_client,
             chain,
             policies,
@@ -160,7 +162,7 @@ impl GateSession {
     /// The verdict for one stage: the built-in rules first; then, when
     /// they accept, the chain.
     pub async fn check(&mut self, c: &Check) -> Verdict {
-        let v = match self.access.check(c, self.client) {
+        let v = match self.access.check(c, self.relay_client) {
             Verdict::Accept => self.ask_policies(c).await,
             refused => refused,
         };

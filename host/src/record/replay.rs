@@ -332,6 +332,13 @@ impl Replayer {
                 client: SocketAddr::new(ip, rec.peer.port),
                 listener,
                 tls: implicit.clone(),
+                // A proxied session whose client is the proxy itself had
+                // a header naming no client: no relay rights, as live.
+                relay_rights: rec
+                    .proxy
+                    .as_ref()
+                    .and_then(|p| p.parse::<SocketAddr>().ok())
+                    .is_none_or(|p| p.ip() != ip),
             },
         );
         let tap = Arc::new(

@@ -34,6 +34,9 @@ struct Peer {
     /// Our side of the connection.
     local: SocketAddr,
     tls: Option<TlsInfo>,
+    /// May `client` earn relay rights? Not when it is a proxy's own
+    /// address standing in for a client the proxy did not name.
+    relay_rights: bool,
 }
 
 fn tls_info(s: &tokio_rustls::server::TlsStream<TcpStream>, implicit: bool) -> TlsInfo {
@@ -57,13 +60,14 @@ pub(super) async fn handle(
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let local = tcp.local_addr().unwrap_or(cfg.address);
+    let local = canonical(tcp.local_addr().unwrap_or(cfg.address));
     let mut tcp = tcp;
     let mut peer = Peer {
-        client: peer_addr,
+        client: canonical(peer_addr),
         proxy: None,
         local,
         tls: None,
+        relay_rights: true,
     };
     let Some(early) = read_proxy_header(&mut tcp, &mut peer, &cfg, &shared).await else {
         return;
@@ -88,6 +92,7 @@ pub(super) async fn handle(
             client: peer.client,
             listener: local,
             tls: tls.clone(),
+            relay_rights: peer.relay_rights,
         },
     );
     let mut session = Session::new(
@@ -133,25 +138,39 @@ pub(super) async fn handle(
     d.gate.end();
 }
 
-/// PROXY protocol: only a trusted proxy's header is read and believed;
-/// anyone else talks SMTP directly and is seen as who they are. Returns
-/// the bytes read past the header, or `None` (the connection is closed)
-/// for a bad header.
+/// An address as it is compared everywhere (caps, trusted proxies, relay
+/// networks, policies, the envelope): an IPv4-mapped IPv6 address (a v4
+/// client of a dual-stack `[::]` listener) is the IPv4 address it maps.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// PROXY protocol. On a `proxy_protocol` listener every connection must
+/// come from a trusted proxy and start with a valid header; anything else
+/// is closed, never served as the proxy itself. A header that names no
+/// client (`UNKNOWN`, v2 `LOCAL`, AF_UNIX) leaves the proxy's address as
+/// the client, without relay rights. Returns the bytes read past the
+/// header, or `None` when the connection is to be closed.
 async fn read_proxy_header(
     tcp: &mut TcpStream,
     peer: &mut Peer,
     cfg: &ListenerConfig,
     shared: &Shared,
 ) -> Option<Vec<u8>> {
-    let from = peer.client;
-    if !(cfg.proxy_protocol && cfg.trusted_proxies.iter().any(|n| n.contains(&from.ip()))) {
+    if !cfg.proxy_protocol {
         return Some(Vec::new());
+    }
+    let from = peer.client;
+    if !cfg.trusted_proxies.iter().any(|n| n.contains(&from.ip())) {
+        tracing::warn!(peer = %from, "PROXY protocol listener: peer is not a trusted proxy, closing");
+        return None;
     }
     match proxy::read_header(tcp, shared.config.limits.proxy_header_timeout).await {
         Ok(h) => {
-            if let Some(src) = h.source {
-                peer.client = src;
-                peer.proxy = Some(from);
+            peer.proxy = Some(from);
+            match h.source {
+                Some(src) => peer.client = canonical(src),
+                None => peer.relay_rights = false,
             }
             Some(h.rest)
         }
@@ -466,6 +485,7 @@ mod tests {
                 cipher: "TLS13_AES_128_GCM_SHA256".into(),
                 implicit: false,
             }),
+            relay_rights: true,
         };
         let t = Transaction {
             helo: "client.example".into(),
