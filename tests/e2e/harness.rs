@@ -428,6 +428,13 @@ pub(crate) struct SpoolView {
     root: PathBuf,
 }
 
+impl SpoolView {
+    /// The spool folder `root` (a data folder outside a sandbox's own).
+    pub(crate) fn at(root: PathBuf) -> Self {
+        Self { root }
+    }
+}
+
 /// One committed message (its envelope file exists).
 #[derive(Debug, Clone)]
 pub(crate) struct Stored {

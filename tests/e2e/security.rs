@@ -83,7 +83,8 @@ fn finding_01_proxy_on_dual_stack_listener_grants_no_relay() {
     );
     match got {
         Ok(r) => assert_eq!(
-            r.code, 554,
+            r.code,
+            554,
             "a client named by a trusted proxy on [::] must not relay: {r:?}\n{}",
             server.log_text()
         ),
@@ -124,4 +125,117 @@ fn finding_01_proxy_listener_closes_untrusted_peers() {
         "an untrusted peer was served on a PROXY listener: {got:?}"
     );
     assert!(closed, "the connection is closed; got {got:?}");
+}
+
+/// Finding 12: HELO/EHLO address literals were only checked for their
+/// brackets: tabs, `()`, `;` and UTF-8 reached our `Received:` header.
+#[test]
+fn finding_12_helo_literals_are_validated() {
+    let sb = Sandbox::new();
+    let server = sb.start(&crate::harness::ServerConfig::default());
+    for bad in [
+        "EHLO [x:a(b);c]",
+        "EHLO [192.0.2.1\t(forged)]",
+        "EHLO [300.1.1.1]",
+        "HELO [1.2.3.4;x]",
+        "EHLO ex\u{e4}mple.com",
+    ] {
+        let mut c = SmtpConn::open(server.addr(0));
+        let r = c.cmd(bad);
+        assert_eq!(r.code, 501, "{bad:?} was taken: {r:?}");
+        c.expect("QUIT", 221);
+    }
+    // A valid literal is taken, and written as it came.
+    let mut c = SmtpConn::open(server.addr(0));
+    c.expect("EHLO [192.0.2.1]", 250);
+    let done = c.send_mail(
+        "a@elsewhere.example",
+        &["user@example.com"],
+        &crate::harness::crlf("Subject: literal\n\nhello\n"),
+    );
+    let id = done.queue_id().expect("queued");
+    let msg = sb.spool().read(&id);
+    let trace = String::from_utf8_lossy(msg.trace()).into_owned();
+    assert!(
+        trace.starts_with("Received: from [192.0.2.1] (["),
+        "{trace}"
+    );
+}
+
+/// Mounts a small tmpfs for a data folder; unmounts it on drop.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn new(sb: &Sandbox, size: &str) -> Self {
+        let dir = sb.path().join("small-disk");
+        std::fs::create_dir_all(&dir).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root (the test command runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// Disk full while receiving: `452 4.3.1` (was `451 4.3.0`), the partial
+/// file removed, what was accepted before still there.
+#[test]
+fn disk_full_is_452_and_loses_nothing() {
+    let sb = Sandbox::new();
+    let disk = SmallDisk::new(&sb, "2m");
+    let data = disk.dir.join("data");
+    let toml = format!(
+        r#"data_dir = "{}"
+hostname = "mx.test.example"
+local_domains = ["example.com"]
+
+[[listener]]
+address = "127.0.0.1:0"
+
+[queue]
+deliver = false
+"#,
+        data.display()
+    );
+    let server = sb.start_toml(&toml, 1);
+    let small = crate::harness::crlf("Subject: small\n\nhello\n");
+    let mut c = SmtpConn::ehlo(server.addr(0), "client.example");
+    let first = c.send_mail("a@elsewhere.example", &["user@example.com"], &small);
+    let kept = first.queue_id().expect("the small message is queued");
+    let mut big = crate::harness::crlf("Subject: big\n\n");
+    let line = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n";
+    while big.len() < 3 << 20 {
+        big.extend_from_slice(line);
+    }
+    let r = c.send_mail("a@elsewhere.example", &["user@example.com"], &big);
+    assert!(r.is("452 4.3.1"), "disk full: {r:?}\n{}", server.log_text());
+    c.expect("QUIT", 221);
+    let spool = crate::harness::SpoolView::at(data.join("spool"));
+    assert_eq!(spool.ids(), vec![kept.clone()], "only the first message");
+    assert!(spool.tmp_files().is_empty(), "{:?}", spool.tmp_files());
+    spool.read(&kept).check_consistent();
+    drop(server);
 }

@@ -85,8 +85,14 @@ mod tests {
         let outside: IpAddr = "203.0.113.9".parse().unwrap();
         let inside: IpAddr = "127.0.0.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        assert_eq!(r.check(&rcpt("<a@Example.COM>"), r.may_relay(outside)), Verdict::Accept);
-        assert_eq!(r.check(&rcpt("<postmaster>"), r.may_relay(outside)), Verdict::Accept);
+        assert_eq!(
+            r.check(&rcpt("<a@Example.COM>"), r.may_relay(outside)),
+            Verdict::Accept
+        );
+        assert_eq!(
+            r.check(&rcpt("<postmaster>"), r.may_relay(outside)),
+            Verdict::Accept
+        );
         assert!(
             matches!(r.check(&rcpt("<a@other.example>"), r.may_relay(outside)), Verdict::Reject(x) if x.code == 554)
         );
@@ -94,7 +100,13 @@ mod tests {
             r.check(&rcpt("<a@[127.0.0.1]>"), r.may_relay(outside)),
             Verdict::Reject(_)
         ));
-        assert_eq!(r.check(&rcpt("<a@other.example>"), r.may_relay(inside)), Verdict::Accept);
-        assert_eq!(r.check(&rcpt("<a@other.example>"), r.may_relay(mapped)), Verdict::Accept);
+        assert_eq!(
+            r.check(&rcpt("<a@other.example>"), r.may_relay(inside)),
+            Verdict::Accept
+        );
+        assert_eq!(
+            r.check(&rcpt("<a@other.example>"), r.may_relay(mapped)),
+            Verdict::Accept
+        );
     }
 }

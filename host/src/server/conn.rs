@@ -409,6 +409,10 @@ impl Driver {
                 self.shared.queue.submit(&id);
                 Ok(id)
             }
+            Err(e) if e.is_disk_full() => {
+                tracing::error!(error = %e, client = %self.peer.client, "spool disk full: message refused");
+                Err(std_replies::insufficient_storage())
+            }
             Err(e) => {
                 tracing::error!(error = %e, client = %self.peer.client, "cannot spool message");
                 Err(std_replies::local_error())

@@ -254,7 +254,9 @@ pub fn parse_domain(d: &str) -> Result<(), AddressError> {
     Ok(())
 }
 
-fn parse_address_literal(d: &str) -> Result<Domain, AddressError> {
+/// An address literal `[…]` (RFC 5321 §4.1.3): IPv4, `IPv6:…`, or a
+/// general literal `[tag:content]`.
+pub(crate) fn parse_address_literal(d: &str) -> Result<Domain, AddressError> {
     let inner = d
         .strip_prefix('[')
         .and_then(|s| s.strip_suffix(']'))

@@ -220,10 +220,17 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
             if name.contains(' ') {
                 return Err(syntax("one domain expected"));
             }
+            // RFC 5321 §4.1.3: an address literal is an IPv4 or an IPv6
+            // address (no general literal: no other tag is standardised,
+            // and its free text would reach our Received: header); a
+            // domain is ASCII (an IDN client sends A-labels).
             let valid = if name.starts_with('[') {
-                name.ends_with(']') && name.len() > 2
+                matches!(
+                    super::address::parse_address_literal(name),
+                    Ok(super::Domain::V4(_) | super::Domain::V6(_))
+                )
             } else {
-                parse_domain(name).is_ok()
+                name.is_ascii() && parse_domain(name).is_ok()
             };
             if !valid {
                 return Err(Reply::new(
@@ -440,6 +447,12 @@ mod tests {
             ("EHLO client.example", 0),
             ("ehlo client.example", 0),
             ("EHLO [192.0.2.1]", 0),
+            ("EHLO [IPv6:2001:db8::1]", 0),
+            ("EHLO [192.0.2.1\t]", 501),
+            ("EHLO [x:a(b);c]", 501),
+            ("EHLO [300.1.1.1]", 501),
+            ("EHLO []", 501),
+            ("EHLO ex\u{e4}mple.com", 501),
             ("EHLO", 501),
             ("EHLO bad_name!", 501),
             ("HELO a b", 501),

@@ -248,6 +248,14 @@ pub mod std_replies {
             "Local error in processing, try again later",
         )
     }
+    /// 452 the spool's disk is full (RFC 3463 4.3.1: mail system full)
+    pub fn insufficient_storage() -> Reply {
+        Reply::new(
+            452,
+            Enhanced(4, 3, 1),
+            "Insufficient system storage, try again later",
+        )
+    }
     /// 452 too many recipients
     pub fn too_many_recipients() -> Reply {
         Reply::new(452, Enhanced(4, 5, 3), "Too many recipients")

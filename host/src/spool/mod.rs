@@ -47,6 +47,15 @@ pub enum SpoolError {
     Closed,
 }
 
+impl SpoolError {
+    /// Did the disk (or the user's quota) run out of room? The message is
+    /// not stored and nothing of it is left; the client may try later.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, SpoolError::Io { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
+    }
+}
+
 /// A message to store: its envelope, the trace header we prepend, and the
 /// body as received.
 #[derive(Debug)]
