@@ -48,6 +48,9 @@ pub enum GatewayError {
     /// The recording writer could not start.
     #[error("cannot start the session recorder: {0}")]
     Record(std::io::Error),
+    /// The data folder or the compiled policy cache is not ours alone.
+    #[error(transparent)]
+    Private(#[from] crate::private::PrivateDirError),
 }
 
 /// A started gateway: listeners bound, spool open, policies loaded.
@@ -67,6 +70,10 @@ impl Gateway {
     /// reloads (SIGHUP, `sluice policy reload`, a change of the file) read
     /// it again.
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Self, GatewayError> {
+        // Mail, the spool and the admin socket are for this user only.
+        if crate::private::ensure(&config.data_dir)? {
+            tracing::warn!(data_dir = %config.data_dir.display(), "data folder was open to other users: narrowed to 0700");
+        }
         let (spool, recovery) = FsSpool::open(
             &config.data_dir,
             config.spool.group_commit,
@@ -102,6 +109,8 @@ impl Gateway {
             (None, None)
         } else {
             warn_small_pool(&config);
+            // Compiled code in the cache runs as trusted: ours alone.
+            crate::private::ensure(&config.policy_engine.cache_dir)?;
             let engine = Engine::new(&config.policy_engine)?;
             let chain = engine
                 .load_chain(&config.policies, services.clone())

@@ -25,6 +25,7 @@ pub mod dns;
 pub mod gate;
 pub mod gateway;
 pub mod policy;
+pub mod private;
 pub mod queue;
 pub mod record;
 pub mod route;

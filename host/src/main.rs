@@ -235,6 +235,7 @@ fn policy_command(action: PolicyAction) -> anyhow::Result<()> {
             // Compiling here serves no one: use every core.
             let mut engine_cfg = cfg.policy_engine.clone();
             engine_cfg.parallel_compilation = true;
+            sluice::private::ensure(&engine_cfg.cache_dir)?;
             let engine = sluice::policy::Engine::new(&engine_cfg)?;
             for file in &files {
                 let started = std::time::Instant::now();
@@ -574,6 +575,10 @@ fn exit(r: anyhow::Result<u8>) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Everything the gateway writes (mail, the spool, recordings, the
+    // admin socket, compiled policies, the users file) is for its own
+    // user only.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, log_format } => serve(config, log_format),

@@ -237,3 +237,290 @@ deliver = false
     spool.read(&kept).check_consistent();
     drop(server);
 }
+
+/// Every file and folder below `dir` whose mode gives others (group or
+/// world) any access, as `path mode`.
+fn open_to_others(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&d) else {
+            continue;
+        };
+        if meta.mode() & 0o077 != 0 {
+            out.push(format!("{} {:o}", d.display(), meta.mode() & 0o7777));
+        }
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Finding 8: no umask was set, so the spool, Maildir and recordings were
+/// 0644 in 0755 folders — mail readable by every local user.
+#[test]
+fn finding_08_everything_under_data_dir_is_private() {
+    let sb = Sandbox::new();
+    let toml = format!(
+        r#"data_dir = "{data}"
+hostname = "mx.test.example"
+local_domains = ["example.com"]
+
+[[listener]]
+address = "127.0.0.1:0"
+record = "all"
+
+[record]
+dir = "{data}/recordings"
+"#,
+        data = sb.data_dir().display()
+    );
+    let mut server = sb.start_toml(&toml, 1);
+    let mut c = SmtpConn::ehlo(server.addr(0), "client.example");
+    let done = c.send_mail(
+        "a@elsewhere.example",
+        &["user@example.com"],
+        &crate::harness::crlf("Subject: private\n\nfor your eyes only\n"),
+    );
+    assert_eq!(done.code, 250, "{done:?}");
+    c.expect("QUIT", 221);
+    let new = sb.data_dir().join("mail/example.com/user/new");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(&new).map_or(0, |d| d.count()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not delivered:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.signal("TERM");
+    server.wait_exit(Duration::from_secs(20));
+    let rec = sb.data_dir().join("recordings");
+    assert!(
+        std::fs::read_dir(&rec).is_ok_and(|d| d.count() > 0),
+        "a recording was written"
+    );
+    let open = open_to_others(&sb.data_dir());
+    assert!(open.is_empty(), "open to other users: {open:#?}");
+}
+
+/// Finding 8: the admin socket had no peer-credential check: any local
+/// user who could reach it (a permissive umask, the bind-then-chmod race,
+/// a folder an operator opened) could list, delete without a bounce,
+/// release quarantine and reload.
+#[test]
+fn finding_08_admin_socket_refuses_other_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let server = sb.start(&crate::harness::ServerConfig::default());
+    // Open the way to the socket, as a mistake or the race would.
+    let sock = sb.data_dir().join("admin.sock");
+    for (p, mode) in [
+        (sb.path().to_path_buf(), 0o755),
+        (sb.data_dir(), 0o755),
+        (sock.clone(), 0o666),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    // A refused client is told at once; a served one is answered after
+    // its request. Read first, so a refusal is not lost to the close.
+    let script = format!(
+        r#"import socket
+s = socket.socket(socket.AF_UNIX)
+s.connect({sock:?})
+s.settimeout(2)
+def line():
+    got = b""
+    while not got.endswith(b"\n"):
+        try:
+            b = s.recv(4096)
+        except (socket.timeout, ConnectionError):
+            break
+        if not b:
+            break
+        got += b
+    return got
+got = line()
+if not got:
+    s.settimeout(10)
+    s.sendall(b'{{"op":"list"}}\n')
+    got = line()
+print(got.decode().strip() or "nothing")
+"#,
+        sock = sock.display().to_string()
+    );
+    let out = crate::harness::run_bounded(
+        std::process::Command::new("setpriv")
+            // Debian's own python3: a user-installed one may not be
+            // reachable for another user.
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+            ])
+            .arg(&script),
+        None,
+    );
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the client ran: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        answer.contains("permission denied") && !answer.contains("\"ok\":true"),
+        "another user was served by the admin socket: {answer}"
+    );
+    // The gateway's own user still is.
+    let own = crate::harness::run_bounded(
+        std::process::Command::new(crate::harness::sluice_bin())
+            .args(["queue", "--config"])
+            .arg(sb.config_path())
+            .arg("list"),
+        None,
+    );
+    assert!(own.status.success(), "{own:?}");
+    drop(server);
+}
+
+/// Finding 8: the compiled policy cache holds native code wasmtime runs as
+/// trusted; a cache folder that another user owns or may write into is
+/// refused at start, naming the folder.
+#[test]
+fn finding_08_policy_cache_must_be_ours_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let cache = sb.path().join("cache");
+    std::fs::create_dir(&cache).expect("cache folder");
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let toml = format!(
+        r#"data_dir = "{data}"
+[[listener]]
+address = "127.0.0.1:0"
+[policy_engine]
+cache_dir = "{cache}"
+[[policy]]
+name = "basic"
+path = "{wasm}"
+"#,
+        data = sb.data_dir().display(),
+        cache = cache.display(),
+        wasm = crate::guests::guest_wasm("basic").display(),
+    );
+    let path = sb.write("sluice.toml", toml.as_bytes());
+    let mut cmd = std::process::Command::new(crate::harness::sluice_bin());
+    cmd.args(["serve", "--config"]).arg(&path);
+    let out = crate::harness::run_bounded(&mut cmd, None);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && log.contains("writable by other users"),
+        "a world-writable policy cache was used: {:?}\n{log}",
+        out.status
+    );
+    // Another user's folder is refused too.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::os::unix::fs::chown(&cache, Some(65534), Some(65534)).expect("chown");
+    let out = crate::harness::run_bounded(&mut cmd, None);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && log.contains("belongs to uid 65534"),
+        "another user's policy cache was used: {:?}\n{log}",
+        out.status
+    );
+}
+
+/// Finding 8: `sluice test` kept its compiled-code cache in the system
+/// temporary folder, shared by every local user; it is now in the user's
+/// own cache folder, 0700.
+#[test]
+fn finding_08_sluice_test_cache_is_the_users_own() {
+    use std::os::unix::fs::MetadataExt;
+    let sb = Sandbox::new();
+    let home = sb.path().join("home");
+    std::fs::create_dir(&home).expect("home");
+    let suite = sb.path().join("suite");
+    std::fs::create_dir(&suite).expect("suite");
+    std::fs::write(
+        suite.join("sluice-test.toml"),
+        format!(
+            "[[policy]]\nname = \"basic\"\npath = \"{}\"\n",
+            crate::guests::guest_wasm("basic").display()
+        ),
+    )
+    .expect("suite config");
+    std::fs::write(
+        suite.join("greeting.smtp"),
+        "@client 198.51.100.20:40000\nS: 220\nC: EHLO mail.sender.example\nS: 250\nC: QUIT\nS: 221\n",
+    )
+    .expect("a case");
+    let out = crate::harness::run_bounded(
+        std::process::Command::new(crate::harness::sluice_bin())
+            .arg("test")
+            .arg(&suite)
+            .env("HOME", &home)
+            .env_remove("XDG_CACHE_HOME"),
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let cache = home.join(".cache/sluice/policy-cache");
+    let meta = std::fs::metadata(&cache).unwrap_or_else(|e| {
+        panic!(
+            "no cache in the user's cache folder {}: {e}",
+            cache.display()
+        )
+    });
+    assert_eq!(meta.mode() & 0o7777, 0o700, "{}", cache.display());
+}
+
+/// Finding 7: the data-stage editor ended the header section at the first
+/// line without a colon, while the policies' parser skips such a line and
+/// reads on: a forged field placed after a junk line survived removal and
+/// policies still saw it. Now both read the section one way.
+#[test]
+fn finding_07_header_removal_after_a_junk_line() {
+    let sb = Sandbox::new();
+    let toml = format!(
+        r#"data_dir = "{data}"
+hostname = "mx.test.example"
+local_domains = ["example.com", "example.test"]
+
+[[listener]]
+address = "127.0.0.1:0"
+
+[queue]
+deliver = false
+
+[[policy]]
+name = "basic"
+path = "{wasm}"
+"#,
+        data = sb.data_dir().display(),
+        wasm = crate::guests::guest_wasm("basic").display(),
+    );
+    let server = sb.start_toml(&toml, 1);
+    let mut c = SmtpConn::ehlo(server.addr(0), "client.example");
+    c.expect("MAIL FROM:<sender@example.com>", 250);
+    c.expect("RCPT TO:<keep@example.com>", 250);
+    c.expect("DATA", 354);
+    // The basic test policy removes X-Remove-Me when the subject says
+    // add-rcpt.
+    let r = c.cmd(
+        "Subject: please add-rcpt\r\nthis line is not a field\r\nX-Remove-Me: forged\r\n\r\nbody\r\n.",
+    );
+    let id = r.queue_id().unwrap_or_else(|| panic!("not queued: {r:?}"));
+    let text = String::from_utf8_lossy(sb.spool().read(&id).body()).into_owned();
+    assert!(
+        !text.contains("X-Remove-Me"),
+        "a field after a junk line survived its removal:\n{text}"
+    );
+    assert!(text.contains("this line is not a field\r\n"), "{text}");
+    c.expect("QUIT", 221);
+}

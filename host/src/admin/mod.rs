@@ -128,10 +128,16 @@ pub fn bind(data_dir: &Path) -> Result<UnixListener, AdminError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
-    let l = UnixListener::bind(&path).map_err(err)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    Ok(l)
+    // Made 0600 at once by the process umask (077), inside the data
+    // folder (0700): no chmod after the fact, which would race and follow
+    // a symlink. Each connection's peer is checked as well ([`serve`]).
+    UnixListener::bind(&path).map_err(err)
+}
+
+/// Tell a refused peer why, briefly, and close.
+async fn refuse(mut stream: tokio::net::UnixStream) {
+    let line = b"{\"ok\":false,\"error\":\"permission denied: not the gateway's user\"}\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(line)).await;
 }
 
 /// Serve admin requests until shutdown.
@@ -154,6 +160,20 @@ pub async fn serve(
                 continue;
             }
         };
+        // Only the gateway's own user (and root) may command it.
+        match stream.peer_cred() {
+            Ok(c) if c.uid() == crate::private::euid() || c.uid() == 0 => {}
+            Ok(c) => {
+                tracing::warn!(uid = c.uid(), pid = ?c.pid(), "admin socket: refused a connection from another user");
+                refuse(stream).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "admin socket: cannot read the peer's credentials; refused");
+                refuse(stream).await;
+                continue;
+            }
+        }
         let queue = queue.clone();
         let reloader = reloader.clone();
         tokio::spawn(async move {

@@ -244,6 +244,8 @@ impl Replayer {
             let mut engine_cfg = config.policy_engine.clone();
             // One session at a time: no pool to reserve.
             engine_cfg.pooling = false;
+            // Compiled code in the cache runs as trusted: ours alone.
+            crate::private::ensure(&cache_dir)?;
             engine_cfg.cache_dir = cache_dir;
             let engine = Engine::new(&engine_cfg)?;
             let resolver: Arc<dyn crate::dns::Resolver> = match unrecorded {

@@ -334,9 +334,27 @@ pub struct TestOptions {
     pub policies: Vec<(String, PathBuf)>,
     /// Host calls a case does not answer.
     pub unrecorded: Unrecorded,
-    /// Compiled-code cache (`None`: `sluice-policy-cache` in the temporary
-    /// folder).
+    /// Compiled-code cache (`None`: the user's own cache folder,
+    /// [`user_cache_dir`]).
     pub cache_dir: Option<PathBuf>,
+}
+
+/// `sluice test`'s compiled-code cache when none is given: in the user's
+/// own cache folder (`$XDG_CACHE_HOME/sluice/policy-cache`, else
+/// `~/.cache/sluice/policy-cache`), never in the temporary folder that
+/// every local user shares (another user could plant compiled code there).
+pub fn user_cache_dir() -> anyhow::Result<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .filter(|p| p.is_absolute())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no HOME or XDG_CACHE_HOME for the compiled-policy cache: give --cache-dir"
+            )
+        })?;
+    Ok(base.join("sluice").join("policy-cache"))
 }
 
 /// The config of a suite; relative policy paths are relative to its file.
@@ -365,10 +383,7 @@ pub fn test_main(opts: TestOptions) -> anyhow::Result<u8> {
         );
     }
     let config = suite_config(&config_path)?;
-    let cache = opts
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join("sluice-policy-cache"));
+    let cache = opts.cache_dir.clone().map_or_else(user_cache_dir, Ok)?;
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&opts.dir)
         .map_err(|e| anyhow::anyhow!("{}: {e}", opts.dir.display()))?
         .filter_map(Result::ok)
