@@ -4,55 +4,36 @@
 
 use crate::policy::Change;
 use crate::smtp::address::parse_mailbox;
-use crate::smtp::{Recipient, address::Mailbox};
+use crate::smtp::{Recipient, address::Mailbox, header};
 
-/// One header field: its raw lines (the first, then continuations).
-struct Field<'a> {
-    name: &'a [u8],
+/// One piece of the header section: a field (its name and raw lines), or
+/// a line that is not a field (no name), kept as it came.
+struct Field {
+    name: Vec<u8>,
     raw: Vec<u8>,
 }
 
-/// Split `msg` into header fields and the rest (the empty line and body).
-fn split(msg: &[u8]) -> (Vec<Field<'_>>, &[u8]) {
-    let mut fields: Vec<Field<'_>> = Vec::new();
+/// Split `msg` into its header fields — the fields the policies' message
+/// resource reads ([`header::fields`], the one definition) — and the rest
+/// (the empty line and body). Lines between fields that are not fields are
+/// kept, nameless, so nothing is lost and they match no removal.
+fn split(msg: &[u8]) -> (Vec<Field>, &[u8]) {
+    let mut fields = Vec::new();
     let mut pos = 0;
-    while pos < msg.len() {
-        let end = memchr::memchr(b'\n', &msg[pos..]).map_or(msg.len(), |i| pos + i + 1);
-        let line = &msg[pos..end];
-        if line == b"\r\n" || line == b"\n" {
-            break;
-        }
-        if matches!(line[0], b' ' | b'\t') && !fields.is_empty() {
-            if let Some(f) = fields.last_mut() {
-                f.raw.extend_from_slice(line);
-            }
-        } else {
-            let name_end = memchr::memchr(b':', line).unwrap_or(0);
-            let name = trim(&line[..name_end]);
-            if name.is_empty() {
-                // Not a header field: the header section ends here.
-                break;
-            }
+    for f in header::fields(msg) {
+        if f.field.start > pos {
             fields.push(Field {
-                name,
-                raw: line.to_vec(),
+                name: Vec::new(),
+                raw: msg[pos..f.field.start].to_vec(),
             });
         }
-        pos = end;
+        pos = f.field.end;
+        fields.push(Field {
+            name: f.name.into_bytes(),
+            raw: msg[f.field].to_vec(),
+        });
     }
     (fields, &msg[pos..])
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let s = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let e = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(s, |i| i + 1);
-    &b[s..e]
 }
 
 /// Fold `Name: value` at white space near 78 octets, CRLF-terminated.
@@ -97,10 +78,7 @@ pub fn apply_headers(msg: &[u8], changes: &[Change]) -> Option<Vec<u8>> {
     }
     let (fields, rest) = split(msg);
     // (name, raw) owned list so additions can mix with originals.
-    let mut list: Vec<(Vec<u8>, Vec<u8>)> = fields
-        .into_iter()
-        .map(|f| (f.name.to_vec(), f.raw))
-        .collect();
+    let mut list: Vec<(Vec<u8>, Vec<u8>)> = fields.into_iter().map(|f| (f.name, f.raw)).collect();
     let mut added = 0;
     for c in changes {
         match c {

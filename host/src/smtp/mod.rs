@@ -6,6 +6,7 @@ pub mod address;
 pub mod base64;
 pub mod command;
 pub mod data;
+pub mod header;
 pub mod reply;
 pub mod session;
 
