@@ -498,8 +498,29 @@ pub struct Limits {
     pub max_session_duration: Duration,
     /// Connections across all listeners.
     pub max_connections: usize,
-    /// Connections per client address.
+    /// Connections per client address (relay clients are exempt).
     pub max_connections_per_ip: usize,
+    /// Connections per client network (relay clients are exempt).
+    pub max_connections_per_network: usize,
+    /// The IPv4 prefix length of a client network.
+    pub network_prefix_v4: u8,
+    /// The IPv6 prefix length of a client network.
+    pub network_prefix_v6: u8,
+    /// Of `max_connections`, how many only relay clients may use (at most
+    /// half of it).
+    pub reserved_connections: usize,
+    /// Past this share of `max_connections` the gateway is under stress:
+    /// sessions get the stress timeouts.
+    pub stress_threshold: f64,
+    /// Waiting for a command (with no progress) under stress.
+    #[serde(with = "humantime_de")]
+    pub stress_command_timeout: Duration,
+    /// Waiting for the next block of message data under stress.
+    #[serde(with = "humantime_de")]
+    pub stress_data_timeout: Duration,
+    /// At the cap, a session idle this long may be closed for a new client.
+    #[serde(with = "humantime_de")]
+    pub shed_idle_after: Duration,
     /// Waiting for a command.
     #[serde(with = "humantime_de")]
     pub command_timeout: Duration,
@@ -526,8 +547,16 @@ impl Default for Limits {
             max_bad_commands: 20,
             max_session_bytes: ByteSize(1 << 30),
             max_session_duration: Duration::from_secs(3600),
-            max_connections: 1000,
+            max_connections: 10_000,
             max_connections_per_ip: 50,
+            max_connections_per_network: 200,
+            network_prefix_v4: 24,
+            network_prefix_v6: 64,
+            reserved_connections: 500,
+            stress_threshold: 0.7,
+            stress_command_timeout: Duration::from_secs(10),
+            stress_data_timeout: Duration::from_secs(30),
+            shed_idle_after: Duration::from_secs(1),
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             tls_handshake_timeout: Duration::from_secs(30),
@@ -779,8 +808,23 @@ impl Config {
         if lim.max_message_size.0 < 1024 {
             return Err(invalid("max_message_size", "must be at least 1KiB".into()));
         }
-        if lim.max_connections < 1 || lim.max_connections_per_ip < 1 {
+        if lim.max_connections < 1
+            || lim.max_connections_per_ip < 1
+            || lim.max_connections_per_network < 1
+        {
             return Err(invalid("max_connections", "must be at least 1".into()));
+        }
+        if lim.network_prefix_v4 > 32 || lim.network_prefix_v6 > 128 {
+            return Err(invalid(
+                "network_prefix_v4",
+                "prefixes are at most 32 (IPv4) and 128 (IPv6)".into(),
+            ));
+        }
+        if !(lim.stress_threshold > 0.0 && lim.stress_threshold <= 1.0) {
+            return Err(invalid(
+                "stress_threshold",
+                "must be more than 0 and at most 1".into(),
+            ));
         }
         for (name, d) in [
             ("command_timeout", lim.command_timeout),
@@ -788,6 +832,8 @@ impl Config {
             ("tls_handshake_timeout", lim.tls_handshake_timeout),
             ("proxy_header_timeout", lim.proxy_header_timeout),
             ("max_session_duration", lim.max_session_duration),
+            ("stress_command_timeout", lim.stress_command_timeout),
+            ("stress_data_timeout", lim.stress_data_timeout),
         ] {
             if d.is_zero() {
                 return Err(invalid(name, "must be more than zero".into()));

@@ -86,6 +86,7 @@ impl Gateway {
             group_commit = config.spool.group_commit,
             "spool open"
         );
+        raise_fd_limit(config.limits.max_connections);
         let listeners = Listeners::bind(&config).await?;
         let spool: Arc<dyn Spool> = Arc::new(spool);
         let resolver =
@@ -219,5 +220,33 @@ fn warn_small_pool(config: &Config) {
             "[policy_engine] max_instances is below max_connections x policies: \
              under full load some policy calls will fail (and apply on_error)"
         );
+    }
+}
+
+/// Raise the open-file limit as far as the hard limit allows (each
+/// connection is a descriptor, an outbound delivery another), and say in
+/// the log what was got.
+fn raise_fd_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    let before = lim.current;
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            lim.current = before;
+        }
+    }
+    let got = lim.current.unwrap_or(u64::MAX);
+    // A connection, an outbound connection per delivery, the spool, logs.
+    let wanted = max_connections as u64 + 1024;
+    if got < wanted {
+        tracing::warn!(
+            open_files = got,
+            max_connections,
+            "the open-file limit is below max_connections + 1024: connections past it will fail to be accepted"
+        );
+    } else {
+        tracing::info!(open_files = got, before = ?before, "open-file limit");
     }
 }

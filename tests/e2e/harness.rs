@@ -882,6 +882,12 @@ pub(crate) fn run_bounded(cmd: &mut Command, input: Option<&[u8]>) -> Output {
         let mut stdin = child.stdin.take().expect("piped stdin");
         stdin.write_all(input).expect("write child stdin");
     }
+    wait_child(&mut child, CLIENT_TIMEOUT)
+}
+
+/// Collect a spawned child's output (its stdout and stderr piped), killing
+/// it (by PID) when it has not finished within `timeout`.
+pub(crate) fn wait_child(child: &mut Child, timeout: Duration) -> Output {
     // Drain both pipes in threads so the child never blocks on them.
     let drain = |r: Option<Box<dyn Read + Send>>| {
         thread::spawn(move || {
@@ -904,14 +910,14 @@ pub(crate) fn run_bounded(cmd: &mut Command, input: Option<&[u8]>) -> Output {
             .take()
             .map(|s| Box::new(s) as Box<dyn Read + Send>),
     );
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait().expect("wait for client") {
             Some(status) => break status,
             None if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{program} did not finish within {CLIENT_TIMEOUT:?}");
+                panic!("child {} did not finish within {timeout:?}", child.id());
             }
             None => thread::sleep(Duration::from_millis(20)),
         }

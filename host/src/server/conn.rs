@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use super::admission::{Refusal, Slot};
 use super::stream::Stream;
 use super::{Shared, proxy, refuse};
 use crate::config::ListenerConfig;
@@ -56,6 +57,7 @@ fn tls_info(s: &tokio_rustls::server::TlsStream<TcpStream>, implicit: bool) -> T
 pub(super) async fn handle(
     tcp: TcpStream,
     peer_addr: SocketAddr,
+    mut slot: Slot,
     cfg: Arc<ListenerConfig>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
@@ -72,11 +74,15 @@ pub(super) async fn handle(
     let Some(early) = read_proxy_header(&mut tcp, &mut peer, &cfg, &shared).await else {
         return;
     };
-    let Some(_slot) = shared.per_ip.try_acquire(peer.client.ip()) else {
-        tracing::warn!(client = %peer.client, "per-address connection limit reached");
-        refuse(tcp, std_replies::too_many_from_ip()).await;
+    let relay = peer.relay_rights && shared.access.may_relay(peer.client.ip());
+    if let Err(r) = slot.client(peer.client.ip(), relay) {
+        let reply = match r {
+            Refusal::PerNetwork => std_replies::too_many_from_network(),
+            Refusal::PerAddress | Refusal::Capacity => std_replies::too_many_from_ip(),
+        };
+        refuse(tcp, reply).await;
         return;
-    };
+    }
     let Some(stream) = open_stream(tcp, &mut peer, &cfg, &shared).await else {
         return;
     };
@@ -123,11 +129,14 @@ pub(super) async fn handle(
     if !early.is_empty() {
         session.feed(&early);
     }
+    let shed = slot.track();
     let mut d = Driver {
         shared: shared.clone(),
         peer,
         session,
         gate,
+        slot,
+        shed,
         wbuf: Vec::with_capacity(512),
         last_id: None,
         data_note: None,
@@ -215,6 +224,10 @@ struct Driver {
     session: Session,
     /// The stage gate: built-in rules, the policy chain, the recorder.
     gate: GateSession,
+    /// This connection's slot (idle tracking, stress).
+    slot: Slot,
+    /// Told when the session is shed to make room for a new client.
+    shed: Arc<Notify>,
     wbuf: Vec<u8>,
     last_id: Option<String>,
     /// How the data stage ended when it did not simply store.
@@ -246,8 +259,15 @@ impl Driver {
         let deadline = Instant::now() + limits.max_session_duration;
         let mut buf = vec![0u8; READ_CHUNK];
         let mut told_shutdown = false;
+        // Since when the session waits without progress: a timeout runs
+        // from there, so a byte now and then does not keep a slot.
+        let mut waiting_since: Option<Instant> = None;
         loop {
-            match self.gate.next_action(&mut self.session) {
+            let action = self.gate.next_action(&mut self.session);
+            if !matches!(action, Action::NeedInput) {
+                waiting_since = None;
+            }
+            match action {
                 Action::Send(r) => r.write_to(&mut self.wbuf),
                 Action::Check(Check::Connect) if *shutdown.borrow() => {
                     // Accepted just as shutdown began: no new session.
@@ -304,25 +324,44 @@ impl Driver {
                         self.session.abort(std_replies::session_too_long());
                         continue;
                     }
-                    let wait = match self.session.waiting_for() {
-                        Waiting::Command => limits.command_timeout,
-                        Waiting::Data => limits.data_timeout,
+                    let since = *waiting_since.get_or_insert(now);
+                    let waiting = self.session.waiting_for();
+                    let stressed = self.slot.stressed();
+                    let timeout = match (waiting, stressed) {
+                        (Waiting::Command, false) => limits.command_timeout,
+                        (Waiting::Command, true) => limits.stress_command_timeout,
+                        (Waiting::Data, false) => limits.data_timeout,
+                        (Waiting::Data, true) => limits.stress_data_timeout,
+                    };
+                    // Waiting for a command is idle (it may be shed); a
+                    // block of data restarts its own timeout.
+                    let wait_until = match waiting {
+                        Waiting::Command => {
+                            self.slot.set_idle(Some(since.into_std()));
+                            since + timeout
+                        }
+                        Waiting::Data => now + timeout,
                     }
-                    .min(deadline - now);
-                    tokio::select! {
-                        r = tokio::time::timeout(wait, stream.read(&mut buf)) => match r {
-                            Ok(Ok(0)) => self.session.eof(),
-                            Ok(Ok(n)) => self.session.feed(&buf[..n]),
-                            Ok(Err(e)) => return Err(e),
-                            Err(_) if Instant::now() >= deadline => {
-                                self.session.abort(std_replies::session_too_long())
-                            }
-                            Err(_) => self.session.timeout(),
-                        },
+                    .min(deadline);
+                    let r = tokio::select! {
+                        r = tokio::time::timeout_at(wait_until, stream.read(&mut buf)) => Some(r),
+                        _ = self.shed.notified() => None,
                         _ = shutdown.wait_for(|s| *s), if !told_shutdown => {
                             told_shutdown = true;
                             self.session.shutdown();
+                            continue;
                         }
+                    };
+                    self.slot.set_idle(None);
+                    match r {
+                        None => self.session.abort(std_replies::too_many_connections()),
+                        Some(Ok(Ok(0))) => self.session.eof(),
+                        Some(Ok(Ok(n))) => self.session.feed(&buf[..n]),
+                        Some(Ok(Err(e))) => return Err(e),
+                        Some(Err(_)) if Instant::now() >= deadline => {
+                            self.session.abort(std_replies::session_too_long())
+                        }
+                        Some(Err(_)) => self.session.timeout(),
                     }
                 }
                 Action::Close => {

@@ -5,8 +5,8 @@
 //! chain, recorder) is built by [`crate::gateway`] and handed in as
 //! [`ServerParts`].
 
+pub mod admission;
 mod conn;
-pub mod limits;
 pub mod proxy;
 mod stream;
 pub mod tls;
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ListenerConfig};
@@ -66,8 +66,8 @@ pub(crate) struct Shared {
     pub(crate) access: Arc<AccessRules>,
     pub(crate) spool: Arc<dyn Spool>,
     pub(crate) tls: TlsAcceptor,
-    pub(crate) per_ip: limits::PerIpLimiter,
-    pub(crate) connections: Arc<Semaphore>,
+    /// Who gets a connection slot (caps, reserve, stress, shedding).
+    pub(crate) admission: Arc<admission::Admission>,
     pub(crate) queue: Queue,
     /// The policy chain new sessions get (swapped by reloads).
     pub(crate) chain: Arc<LiveChain>,
@@ -138,8 +138,7 @@ impl Listeners {
     pub fn serve(self, parts: ServerParts) -> Server {
         let limits = &parts.config.limits;
         let shared = Arc::new(Shared {
-            per_ip: limits::PerIpLimiter::new(limits.max_connections_per_ip),
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            admission: admission::Admission::new(limits),
             recorder: parts.recorder,
             access: parts.access,
             queue: parts.queue,
@@ -190,17 +189,27 @@ impl Server {
         for t in accept_tasks {
             let _ = t.await;
         }
-        // Every open connection holds one permit: all permits back means
-        // every session has ended.
-        let max = self.shared.config.limits.max_connections as u32;
+        // Every open connection holds a slot: none open means every
+        // session has ended.
         let grace = self.shared.config.limits.shutdown_timeout;
-        match tokio::time::timeout(grace, self.shared.connections.acquire_many(max)).await {
-            Ok(_) => tracing::info!("all sessions ended"),
+        let ended = tokio::time::timeout(grace, async {
+            while self.shared.admission.open() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        match ended {
+            Ok(()) => tracing::info!("all sessions ended"),
             Err(_) => tracing::warn!(
-                open = max as usize - self.shared.connections.available_permits(),
+                open = self.shared.admission.open(),
                 "shutdown timeout: closing sessions still open"
             ),
         }
+    }
+
+    /// Who gets a connection slot, and what was refused.
+    pub fn admission(&self) -> &Arc<admission::Admission> {
+        &self.shared.admission
     }
 }
 
@@ -235,18 +244,19 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        match shared.connections.clone().try_acquire_owned() {
-            Ok(permit) => {
+        // The reserved share is for relay clients seen directly; behind a
+        // proxy the peer is the proxy, not the client.
+        let relay = !cfg.proxy_protocol && shared.access.may_relay(peer.ip());
+        match shared.admission.connect(peer.ip().to_canonical(), relay) {
+            Ok(slot) => {
                 let shared = shared.clone();
                 let cfg = cfg.clone();
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    conn::handle(stream, peer, cfg, shared, shutdown).await;
-                    drop(permit);
+                    conn::handle(stream, peer, slot, cfg, shared, shutdown).await;
                 });
             }
             Err(_) => {
-                tracing::warn!(client = %peer, "connection limit reached");
                 tokio::spawn(refuse(stream, std_replies::too_many_connections()));
             }
         }

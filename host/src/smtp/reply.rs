@@ -248,6 +248,14 @@ pub mod std_replies {
             "Local error in processing, try again later",
         )
     }
+    /// 421 too many connections from the client's network
+    pub fn too_many_from_network() -> Reply {
+        Reply::new(
+            421,
+            Enhanced(4, 3, 2),
+            "Too many connections from your network, try again later",
+        )
+    }
     /// 452 the spool's disk is full (RFC 3463 4.3.1: mail system full)
     pub fn insufficient_storage() -> Reply {
         Reply::new(
