@@ -485,6 +485,13 @@ pub struct TlsConfig {
 pub struct Limits {
     /// Largest message.
     pub max_message_size: ByteSize,
+    /// Largest header section (larger: 552 5.3.4 at the end of DATA).
+    pub max_header_size: ByteSize,
+    /// Most header fields (more: 552 5.3.4 at the end of DATA).
+    pub max_header_fields: usize,
+    /// Octets kept free on the spool's disk: a transaction that would
+    /// leave less gets 452 4.3.1 at MAIL.
+    pub disk_reserve: ByteSize,
     /// Recipients per transaction.
     pub max_recipients: usize,
     /// Command line length with CRLF.
@@ -542,6 +549,9 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_message_size: ByteSize(50 << 20),
+            max_header_size: ByteSize(1 << 20),
+            max_header_fields: 1000,
+            disk_reserve: ByteSize(256 << 20),
             max_recipients: 100,
             max_line_length: 512,
             max_bad_commands: 20,
@@ -800,6 +810,12 @@ impl Config {
             return Err(invalid(
                 "max_line_length",
                 "must be at least 512 (RFC 5321 §4.5.3.1.4)".into(),
+            ));
+        }
+        if lim.max_header_fields < 1 || lim.max_header_size.0 < 1024 {
+            return Err(invalid(
+                "max_header_size",
+                "max_header_size must be at least 1KiB and max_header_fields at least 1".into(),
             ));
         }
         if lim.max_recipients < 1 {

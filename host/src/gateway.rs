@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, RecordMode};
 use crate::delivery::client::{ClientConfig, Timeouts};
-use crate::gate::AccessRules;
+use crate::gate::BuiltIn;
 use crate::policy::{Engine, KvStore, LiveChain, PolicyError, Reloader, Services};
 use crate::queue::{Queue, QueueError, QueueParts};
 use crate::record::Recorder;
@@ -146,10 +146,7 @@ impl Gateway {
             None
         };
         let server = listeners.serve(ServerParts {
-            access: Arc::new(AccessRules::new(
-                config.local_domains.clone(),
-                config.relay_networks.clone(),
-            )),
+            rules: Arc::new(BuiltIn::from_config(&config).with_disk(&config)),
             spool,
             queue: queue.clone(),
             chain,

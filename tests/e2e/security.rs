@@ -213,6 +213,9 @@ local_domains = ["example.com"]
 [[listener]]
 address = "127.0.0.1:0"
 
+[limits]
+disk_reserve = "16KiB"
+
 [queue]
 deliver = false
 "#,
@@ -522,5 +525,36 @@ path = "{wasm}"
         "a field after a junk line survived its removal:\n{text}"
     );
     assert!(text.contains("this line is not a field\r\n"), "{text}");
+    c.expect("QUIT", 221);
+}
+
+/// `MAIL FROM ... SIZE=` larger than the spool's free space less the
+/// reserve: `452 4.3.1` at MAIL, before any data is sent.
+#[test]
+fn size_beyond_the_free_space_is_452_at_mail() {
+    let sb = Sandbox::new();
+    let disk = SmallDisk::new(&sb, "4m");
+    let toml = format!(
+        r#"data_dir = "{}"
+hostname = "mx.test.example"
+local_domains = ["example.com"]
+
+[[listener]]
+address = "127.0.0.1:0"
+
+[limits]
+disk_reserve = "1MiB"
+
+[queue]
+deliver = false
+"#,
+        disk.dir.join("data").display()
+    );
+    let server = sb.start_toml(&toml, 1);
+    let mut c = SmtpConn::ehlo(server.addr(0), "client.example");
+    let r = c.cmd("MAIL FROM:<a@elsewhere.example> SIZE=3500000");
+    assert!(r.is("452 4.3.1"), "SIZE beyond the room: {r:?}");
+    // A size that fits is taken.
+    c.expect("MAIL FROM:<a@elsewhere.example> SIZE=1000", 250);
     c.expect("QUIT", 221);
 }

@@ -4,9 +4,14 @@
 //! end-to-end tests, never beside them: an attack would slow the tests
 //! that measure nothing but expect a responsive machine.
 
-// The end-to-end harness, shared by path; this binary uses a part of it.
+// The end-to-end harness and the test components, shared by path; this
+// binary uses a part of them.
+#[allow(dead_code)]
+#[path = "../policy-guests/locate.rs"]
+mod guests;
 #[allow(dead_code)]
 #[path = "../e2e/harness.rs"]
 mod harness;
 
+mod messages;
 mod slow_connections;

@@ -2,8 +2,9 @@
 //! session. For connect, HELO, MAIL and RCPT it runs the built-in rules
 //! ([`AccessRules`]: no open relay, so a policy can refuse more but never
 //! allow more) and then the policy chain; at the end of DATA it runs the
-//! chain's data stage and applies the changes it asks for
-//! ([`changes`]) to the message and its recipients.
+//! built-in message rules ([`MessageRules`]: a bounded header section, no
+//! mail loop), then the chain's data stage, and applies the changes it
+//! asks for ([`changes`]) to the message and its recipients.
 //!
 //! The live connection driver (`crate::server`) and replay
 //! (`crate::record::replay`) both drive a [`Session`] through a
@@ -19,13 +20,56 @@
 
 pub mod access;
 pub mod changes;
+pub mod disk;
+pub mod message;
 mod params;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use access::AccessRules;
+pub use message::MessageRules;
 pub use params::{mail_params, rcpt_params};
+
+use crate::config::Config;
+
+/// The gate's built-in rules, from the configuration: who may relay, and
+/// what a message must be before any policy reads it.
+#[derive(Debug, Clone)]
+pub struct BuiltIn {
+    /// The relay rule.
+    pub access: AccessRules,
+    /// Header bounds and the loop limit.
+    pub message: MessageRules,
+    /// Room on the spool's disk for a new transaction (live only: replay
+    /// judges the recording, not this machine's disk).
+    pub disk: Option<disk::DiskRule>,
+}
+
+impl BuiltIn {
+    /// The rules `config` sets.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            access: AccessRules::new(config.local_domains.clone(), config.relay_networks.clone()),
+            message: MessageRules {
+                max_header_size: usize::try_from(config.limits.max_header_size.0)
+                    .unwrap_or(usize::MAX),
+                max_header_fields: config.limits.max_header_fields,
+                max_received: config.delivery.max_received_headers,
+            },
+            disk: None,
+        }
+    }
+
+    /// With the spool-room rule for the data folder of `config`.
+    pub fn with_disk(mut self, config: &Config) -> Self {
+        self.disk = Some(disk::DiskRule {
+            dir: config.data_dir.clone(),
+            reserve: config.limits.disk_reserve.0,
+        });
+        self
+    }
+}
 
 use crate::policy::{
     Chain, ChainSession, DataDecision, DataOutcome, Decision, EnvelopeInfo, HostTap, SessionInfo,
@@ -92,7 +136,7 @@ pub enum DataVerdict {
 /// the session's tap.
 #[derive(Debug)]
 pub struct GateSession {
-    access: Arc<AccessRules>,
+    rules: Arc<BuiltIn>,
     relay_client: bool,
     chain: Option<Arc<Chain>>,
     policies: Option<ChainSession>,
@@ -104,9 +148,9 @@ pub struct GateSession {
 impl GateSession {
     /// A gate for a session with `peer`, under `access`, asking `chain`
     /// (none, or an empty one: the built-in rules alone).
-    pub fn new(access: Arc<AccessRules>, chain: Option<Arc<Chain>>, peer: &GatePeer) -> Self {
+    pub fn new(rules: Arc<BuiltIn>, chain: Option<Arc<Chain>>, peer: &GatePeer) -> Self {
         let chain = chain.filter(|c| !c.is_empty());
-        let relay_client = peer.relay_rights && access.may_relay(peer.client.ip());
+        let relay_client = peer.relay_rights && rules.access.may_relay(peer.client.ip());
         let policies = chain.as_ref().map(|c| {
             c.session(SessionInfo {
                 client_ip: peer.client.ip(),
@@ -118,7 +162,7 @@ impl GateSession {
             })
         });
         Self {
-            access,
+            rules,
             relay_client,
             chain,
             policies,
@@ -162,7 +206,13 @@ impl GateSession {
     /// The verdict for one stage: the built-in rules first; then, when
     /// they accept, the chain.
     pub async fn check(&mut self, c: &Check) -> Verdict {
-        let v = match self.access.check(c, self.relay_client) {
+        let v = match self.rules.access.check(c, self.relay_client) {
+            Verdict::Accept if matches!(c, Check::MailFrom { .. }) => {
+                match self.rules.disk.as_ref().and_then(|d| d.check_mail(c)) {
+                    Some(r) => Verdict::Reject(r),
+                    None => self.ask_policies(c).await,
+                }
+            }
             Verdict::Accept => self.ask_policies(c).await,
             refused => refused,
         };
@@ -217,6 +267,16 @@ impl GateSession {
     /// applied to `t` (headers to the body, recipients to the list) when
     /// the message is to be kept.
     pub async fn data(&mut self, t: &mut Transaction) -> DataVerdict {
+        // The built-in rules first: a bounded header section, no loop.
+        if let Some(r) = self.rules.message.check(&t.body) {
+            if let Some(tap) = &self.tap {
+                tap.data(&DataDecision {
+                    outcome: DataOutcome::Reject(r.clone()),
+                    changes: Vec::new(),
+                });
+            }
+            return DataVerdict::Refuse(r);
+        }
         let Some(p) = &mut self.policies else {
             return DataVerdict::Store { quarantine: None };
         };

@@ -28,7 +28,7 @@ use super::schema::{Event, MessageContent, SessionRecord};
 use super::script::ClientScript;
 use super::{Answers, SessionStart, SessionTap};
 use crate::config::{Config, DnsConfig, PolicyConfig, RecordMode};
-use crate::gate::{AccessRules, DataVerdict, GatePeer, GateSession};
+use crate::gate::{BuiltIn, DataVerdict, GatePeer, GateSession};
 use crate::policy::tap::CallResult;
 use crate::policy::{Chain, Engine, EnvelopeInfo, KvStore, Services};
 use crate::smtp::command::{self, Command};
@@ -198,7 +198,7 @@ impl Answers for RecordedCalls {
 pub struct Replayer {
     config: Config,
     chain: Option<Arc<Chain>>,
-    access: Arc<AccessRules>,
+    rules: Arc<BuiltIn>,
     unrecorded: Unrecorded,
 }
 
@@ -259,14 +259,11 @@ impl Replayer {
             };
             Some(engine.load_chain(&policies, services).await?)
         };
-        let access = Arc::new(AccessRules::new(
-            config.local_domains.clone(),
-            config.relay_networks.clone(),
-        ));
+        let rules = Arc::new(BuiltIn::from_config(&config));
         Ok(Replayer {
             config,
             chain,
-            access,
+            rules,
             unrecorded,
         })
     }
@@ -328,7 +325,7 @@ impl Replayer {
         let answers = RecordedCalls::new(entries, self.unrecorded, started_ms, failures.clone());
         let implicit = rec.tls.clone().map(|t| (t.version, t.cipher));
         let mut gate = GateSession::new(
-            self.access.clone(),
+            self.rules.clone(),
             self.chain.clone(),
             &GatePeer {
                 client: SocketAddr::new(ip, rec.peer.port),

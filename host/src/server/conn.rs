@@ -74,7 +74,7 @@ pub(super) async fn handle(
     let Some(early) = read_proxy_header(&mut tcp, &mut peer, &cfg, &shared).await else {
         return;
     };
-    let relay = peer.relay_rights && shared.access.may_relay(peer.client.ip());
+    let relay = peer.relay_rights && shared.rules.access.may_relay(peer.client.ip());
     if let Err(r) = slot.client(peer.client.ip(), relay) {
         let reply = match r {
             Refusal::PerNetwork => std_replies::too_many_from_network(),
@@ -92,7 +92,7 @@ pub(super) async fn handle(
         .as_ref()
         .map(|t| (t.version.clone(), t.cipher.clone()));
     let mut gate = GateSession::new(
-        shared.access.clone(),
+        shared.rules.clone(),
         shared.chain.current(),
         &GatePeer {
             client: peer.client,

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ListenerConfig};
-use crate::gate::AccessRules;
+use crate::gate::BuiltIn;
 use crate::policy::LiveChain;
 use crate::queue::Queue;
 use crate::record::Recorder;
@@ -49,7 +49,7 @@ pub struct ServerParts {
     /// The configuration.
     pub config: Config,
     /// The built-in rules of the stage gate.
-    pub access: Arc<AccessRules>,
+    pub rules: Arc<BuiltIn>,
     /// Where accepted messages go.
     pub spool: Arc<dyn Spool>,
     /// Told of each message spooled.
@@ -63,7 +63,7 @@ pub struct ServerParts {
 /// Everything a connection needs, shared.
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    pub(crate) access: Arc<AccessRules>,
+    pub(crate) rules: Arc<BuiltIn>,
     pub(crate) spool: Arc<dyn Spool>,
     pub(crate) tls: TlsAcceptor,
     /// Who gets a connection slot (caps, reserve, stress, shedding).
@@ -140,7 +140,7 @@ impl Listeners {
         let shared = Arc::new(Shared {
             admission: admission::Admission::new(limits),
             recorder: parts.recorder,
-            access: parts.access,
+            rules: parts.rules,
             queue: parts.queue,
             chain: parts.chain,
             spool: parts.spool,
@@ -246,7 +246,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         // The reserved share is for relay clients seen directly; behind a
         // proxy the peer is the proxy, not the client.
-        let relay = !cfg.proxy_protocol && shared.access.may_relay(peer.ip());
+        let relay = !cfg.proxy_protocol && shared.rules.access.may_relay(peer.ip());
         match shared.admission.connect(peer.ip().to_canonical(), relay) {
             Ok(slot) => {
                 let shared = shared.clone();

@@ -46,9 +46,79 @@ pub fn fields(msg: &[u8]) -> Vec<FieldSpan> {
         .collect()
 }
 
+/// What a bounded scan of the header section found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scan {
+    /// Lines that start a field (a line that is not a field counts too).
+    pub fields: usize,
+    /// `Received:` fields among them.
+    pub received: usize,
+    /// Octets of the section scanned (up to the empty line).
+    pub bytes: usize,
+    /// The scan stopped at a bound: the section is longer than
+    /// `max_bytes` or has more than `max_fields` fields.
+    pub over: bool,
+}
+
+/// Scan the header section of `msg` line by line, without parsing it, and
+/// stop as soon as it passes `max_bytes` octets or `max_fields` fields: the
+/// cost is bounded by the limits, not by the message (a header bomb of
+/// millions of tiny fields costs `max_fields` lines).
+pub fn scan(msg: &[u8], max_bytes: usize, max_fields: usize) -> Scan {
+    let mut s = Scan::default();
+    let mut pos = 0;
+    while pos < msg.len() {
+        let end = memchr::memchr(b'\n', &msg[pos..]).map_or(msg.len(), |i| pos + i + 1);
+        let line = &msg[pos..end];
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        if !matches!(line[0], b' ' | b'\t') {
+            s.fields += 1;
+            if is_received(line) {
+                s.received += 1;
+            }
+        }
+        s.bytes = end;
+        if s.bytes > max_bytes || s.fields > max_fields {
+            s.over = true;
+            break;
+        }
+        pos = end;
+    }
+    s
+}
+
+/// Does `line` start a `Received:` field (name case-insensitive, blanks
+/// before the colon allowed as obsolete syntax has them)?
+fn is_received(line: &[u8]) -> bool {
+    const NAME: &[u8] = b"received";
+    line.len() > NAME.len()
+        && line[..NAME.len()].eq_ignore_ascii_case(NAME)
+        && line[NAME.len()..]
+            .iter()
+            .find(|&&b| b != b' ' && b != b'\t')
+            .is_some_and(|&b| b == b':')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scans_within_bounds() {
+        let msg = b"Received: a\r\n\tb\r\nRECEIVED : c\r\nX-Received: no\r\n\r\nReceived: body\r\n";
+        let s = scan(msg, 1 << 20, 1000);
+        assert_eq!((s.fields, s.received, s.over), (3, 2, false));
+        assert_eq!(s.bytes, msg.len() - b"\r\nReceived: body\r\n".len());
+        // A bomb stops at the bound.
+        let bomb = b"a:\r\n".repeat(100_000);
+        let s = scan(&bomb, 1 << 20, 1000);
+        assert!(s.over);
+        assert_eq!(s.fields, 1001);
+        let s = scan(&bomb, 100, 1_000_000);
+        assert!(s.over && s.bytes > 100 && s.bytes < 110);
+    }
 
     fn names(msg: &[u8]) -> Vec<String> {
         fields(msg).into_iter().map(|f| f.name).collect()

@@ -256,6 +256,22 @@ pub mod std_replies {
             "Too many connections from your network, try again later",
         )
     }
+    /// 552 the header section is larger than `max_header_size`
+    pub fn header_too_big() -> Reply {
+        Reply::new(552, Enhanced(5, 3, 4), "Message header section too large")
+    }
+    /// 552 more header fields than `max_header_fields`
+    pub fn too_many_header_fields() -> Reply {
+        Reply::new(552, Enhanced(5, 3, 4), "Too many header fields")
+    }
+    /// 554 more `Received:` fields than the loop limit
+    pub fn mail_loop(received: usize) -> Reply {
+        Reply::new(
+            554,
+            Enhanced(5, 4, 6),
+            format!("Mail loop detected: {received} Received: header fields"),
+        )
+    }
     /// 452 the spool's disk is full (RFC 3463 4.3.1: mail system full)
     pub fn insufficient_storage() -> Reply {
         Reply::new(
