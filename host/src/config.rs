@@ -489,6 +489,9 @@ pub struct Limits {
     pub max_header_size: ByteSize,
     /// Most header fields (more: 552 5.3.4 at the end of DATA).
     pub max_header_fields: usize,
+    /// The octets of messages all sessions may hold together while they
+    /// arrive and are judged; past it new messages get 452 4.3.1.
+    pub max_message_memory: ByteSize,
     /// Octets kept free on the spool's disk: a transaction that would
     /// leave less gets 452 4.3.1 at MAIL.
     pub disk_reserve: ByteSize,
@@ -552,6 +555,7 @@ impl Default for Limits {
             max_header_size: ByteSize(1 << 20),
             max_header_fields: 1000,
             disk_reserve: ByteSize(256 << 20),
+            max_message_memory: ByteSize(1 << 30),
             max_recipients: 100,
             max_line_length: 512,
             max_bad_commands: 20,

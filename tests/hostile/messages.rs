@@ -113,3 +113,61 @@ fn a_looping_message_is_refused_not_bounced() {
     c.expect("QUIT", 221);
     assert!(sb.spool().ids().is_empty(), "nothing kept, no DSN queued");
 }
+
+/// The memory budget for messages in flight: while one client holds more
+/// than it (a message arriving, not yet ended), a new message gets
+/// `452 4.3.1`; once that message is in, new messages are taken again.
+/// Nothing is lost.
+#[test]
+fn new_messages_wait_while_the_memory_budget_is_spent() {
+    let sb = Sandbox::new();
+    let toml = format!(
+        r#"data_dir = "{data}"
+hostname = "mx.test.example"
+local_domains = ["example.com"]
+
+[[listener]]
+address = "127.0.0.1:0"
+
+[limits]
+max_message_memory = "1MiB"
+
+[queue]
+deliver = false
+"#,
+        data = sb.data_dir().display()
+    );
+    let server = sb.start_toml(&toml, 1);
+    let addr = server.addr(0);
+    let mut big = SmtpConn::ehlo(addr, "big.example");
+    big.expect("MAIL FROM:<a@elsewhere.example>", 250);
+    big.expect("RCPT TO:<user@example.com>", 250);
+    big.expect("DATA", 354);
+    let line = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n";
+    let mut part = b"Subject: big\r\n\r\n".to_vec();
+    while part.len() < 16 << 20 {
+        part.extend_from_slice(line);
+    }
+    // Written whole: the gateway has read all but what the loopback socket
+    // buffers hold (a few MiB at most), far more than the budget.
+    big.write(&part);
+    let mut other = SmtpConn::ehlo(addr, "other.example");
+    other.expect("MAIL FROM:<b@elsewhere.example>", 250);
+    other.expect("RCPT TO:<user@example.com>", 250);
+    let r = other.cmd("DATA");
+    assert!(
+        r.is("452 4.3.1"),
+        "a new message while the budget is spent: {r:?}"
+    );
+    // The big one ends and is kept; then the other gets in.
+    let done = big.cmd(".");
+    assert!(done.queue_id().is_some(), "{done:?}");
+    other.expect("RSET", 250);
+    let r = other.send_mail(
+        "b@elsewhere.example",
+        &["user@example.com"],
+        &crlf("Subject: later\n\nhello\n"),
+    );
+    assert!(r.queue_id().is_some(), "after the budget freed: {r:?}");
+    assert_eq!(sb.spool().ids().len(), 2);
+}

@@ -12,6 +12,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::admission::{Refusal, Slot};
+use super::budget::Account;
 use super::stream::Stream;
 use super::{Shared, proxy, refuse};
 use crate::config::ListenerConfig;
@@ -130,7 +131,9 @@ pub(super) async fn handle(
         session.feed(&early);
     }
     let shed = slot.track();
+    let account = shared.budget.account();
     let mut d = Driver {
+        account,
         shared: shared.clone(),
         peer,
         session,
@@ -228,6 +231,8 @@ struct Driver {
     slot: Slot,
     /// Told when the session is shed to make room for a new client.
     shed: Arc<Notify>,
+    /// What this session holds of the gateway's message memory budget.
+    account: Account,
     wbuf: Vec<u8>,
     last_id: Option<String>,
     /// How the data stage ended when it did not simply store.
@@ -353,10 +358,17 @@ impl Driver {
                         }
                     };
                     self.slot.set_idle(None);
+                    // New messages wait while the budget is spent.
+                    let spent = self.shared.budget.spent();
+                    self.session
+                        .refuse_data(spent.then(std_replies::insufficient_storage));
                     match r {
                         None => self.session.abort(std_replies::too_many_connections()),
                         Some(Ok(Ok(0))) => self.session.eof(),
-                        Some(Ok(Ok(n))) => self.session.feed(&buf[..n]),
+                        Some(Ok(Ok(n))) => {
+                            self.session.feed(&buf[..n]);
+                            self.account.hold(self.session.message_bytes());
+                        }
                         Some(Ok(Err(e))) => return Err(e),
                         Some(Err(_)) if Instant::now() >= deadline => {
                             self.session.abort(std_replies::session_too_long())
@@ -373,8 +385,16 @@ impl Driver {
         }
     }
 
-    /// The data stage through the gate, then the spool.
-    async fn store(&mut self, mut t: Transaction) -> Result<String, Reply> {
+    /// The data stage through the gate, then the spool; the message is
+    /// held against the budget until it is on disk.
+    async fn store(&mut self, t: Transaction) -> Result<String, Reply> {
+        self.account.hold(t.body.len());
+        let r = self.judge_and_spool(t).await;
+        self.account.hold(self.session.message_bytes());
+        r
+    }
+
+    async fn judge_and_spool(&mut self, mut t: Transaction) -> Result<String, Reply> {
         let quarantine = match self.gate.data(&mut t).await {
             DataVerdict::Refuse(r) => {
                 self.data_note = Some("refused");

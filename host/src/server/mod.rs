@@ -6,6 +6,7 @@
 //! [`ServerParts`].
 
 pub mod admission;
+pub mod budget;
 mod conn;
 pub mod proxy;
 mod stream;
@@ -68,6 +69,8 @@ pub(crate) struct Shared {
     pub(crate) tls: TlsAcceptor,
     /// Who gets a connection slot (caps, reserve, stress, shedding).
     pub(crate) admission: Arc<admission::Admission>,
+    /// The octets of messages the sessions may hold together.
+    pub(crate) budget: Arc<budget::MemoryBudget>,
     pub(crate) queue: Queue,
     /// The policy chain new sessions get (swapped by reloads).
     pub(crate) chain: Arc<LiveChain>,
@@ -139,6 +142,9 @@ impl Listeners {
         let limits = &parts.config.limits;
         let shared = Arc::new(Shared {
             admission: admission::Admission::new(limits),
+            budget: budget::MemoryBudget::new(
+                usize::try_from(limits.max_message_memory.0).unwrap_or(usize::MAX),
+            ),
             recorder: parts.recorder,
             rules: parts.rules,
             queue: parts.queue,

@@ -169,6 +169,11 @@ impl DataReader {
     }
 
     /// The message read so far; call after `feed` reported the end.
+    /// Octets of the message held so far.
+    pub fn held(&self) -> usize {
+        self.body.len()
+    }
+
     pub fn finish(self) -> DataOutcome {
         DataOutcome {
             body: self.body,

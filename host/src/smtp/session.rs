@@ -221,6 +221,9 @@ pub struct Session {
     shutdown: bool,
     /// Command lines taken, kept for a recorder when it asked for them.
     command_log: Option<Vec<Vec<u8>>>,
+    /// When set, a new message (DATA, a first BDAT chunk) is refused with
+    /// this reply: the gateway's memory budget for messages is spent.
+    data_refusal: Option<Reply>,
 }
 
 impl Session {
@@ -239,6 +242,27 @@ impl Session {
             bytes_in: 0,
             shutdown: false,
             command_log: None,
+            data_refusal: None,
+        }
+    }
+
+    /// Refuse new messages with `reply` from now on (`None`: take them
+    /// again). A message already arriving goes on.
+    pub fn refuse_data(&mut self, reply: Option<Reply>) {
+        self.data_refusal = reply;
+    }
+
+    /// Octets of a message held in the session now (DATA so far, or the
+    /// BDAT chunks so far).
+    pub fn message_bytes(&self) -> usize {
+        let chunks = self
+            .tx
+            .as_ref()
+            .and_then(|t| t.chunks.as_ref())
+            .map_or(0, |(c, _)| c.len());
+        match &self.phase {
+            Phase::Data(reader) => reader.held() + chunks,
+            _ => chunks,
         }
     }
 
@@ -608,6 +632,10 @@ impl Session {
                 Some(tx) if tx.recipients.is_empty() => {
                     self.send(std_replies::no_valid_recipients())
                 }
+                Some(_) if self.data_refusal.is_some() => {
+                    let r = self.data_refusal.clone().expect("checked");
+                    self.send(r)
+                }
                 Some(_) => {
                     self.send(std_replies::start_data());
                     self.phase = Phase::Data(Box::new(DataReader::new(self.cfg.max_message_size)));
@@ -619,6 +647,9 @@ impl Session {
                     None => Some(std_replies::bad_sequence("Need MAIL command")),
                     Some(tx) if tx.recipients.is_empty() => {
                         Some(std_replies::no_valid_recipients())
+                    }
+                    Some(tx) if tx.chunks.is_none() && self.data_refusal.is_some() => {
+                        self.data_refusal.clone()
                     }
                     Some(tx) => {
                         tx.chunks
