@@ -466,7 +466,7 @@ impl Inner {
                 changed = true;
             }
         }
-        let received = dsn::count_received(&msg);
+        let received = crate::smtp::header::count_received(&msg);
         if received > self.cfg.delivery.max_received_headers {
             for r in env.recipients.iter_mut().filter(|r| !r.state.is_final()) {
                 record(

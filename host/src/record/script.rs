@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 
 use super::schema::{Event, MessageContent, SessionRecord};
+use crate::smtp::client::dot_stuff;
 use crate::smtp::{Enhanced, Reply};
 
 /// A recorded message, when the session stores it.
@@ -173,23 +174,6 @@ fn bdat_size(line: &str) -> Option<u64> {
         return None;
     }
     words.next()?.parse().ok()
-}
-
-/// Dot-stuff a message for DATA; a message not ending in CRLF gets one.
-fn dot_stuff(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 16);
-    let mut at_line_start = true;
-    for &b in body {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-    }
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out
 }
 
 #[cfg(test)]

@@ -42,14 +42,10 @@ struct Peer {
 }
 
 fn tls_info(s: &tokio_rustls::server::TlsStream<TcpStream>, implicit: bool) -> TlsInfo {
-    let (_, conn) = s.get_ref();
+    let (version, cipher) = crate::spool::tls_names(s.get_ref().1);
     TlsInfo {
-        version: conn
-            .protocol_version()
-            .map_or_else(|| "unknown".into(), |v| format!("{v:?}")),
-        cipher: conn
-            .negotiated_cipher_suite()
-            .map_or_else(|| "unknown".into(), |c| format!("{:?}", c.suite())),
+        version,
+        cipher,
         implicit,
     }
 }

@@ -89,6 +89,12 @@ pub fn scan(msg: &[u8], max_bytes: usize, max_fields: usize) -> Scan {
     s
 }
 
+/// The `Received:` fields of the header section of `msg` (a folded field
+/// counts once; `Received:` lines in the body do not count).
+pub fn count_received(msg: &[u8]) -> usize {
+    scan(msg, usize::MAX, usize::MAX).received
+}
+
 /// Does `line` start a `Received:` field (name case-insensitive, blanks
 /// before the colon allowed as obsolete syntax has them)?
 fn is_received(line: &[u8]) -> bool {
@@ -137,5 +143,25 @@ mod tests {
         let msg = b"A: 1\r\n\tmore\r\nB: 2\r\n\r\nC: not a field\r\n";
         assert_eq!(names(msg), ["A", "B"]);
         assert_eq!(&msg[fields(msg)[0].field.clone()], b"A: 1\r\n\tmore\r\n");
+    }
+
+    #[test]
+    fn count_received_cases() {
+        let msg = b"Received: from a by b;\r\n\tSat, 14 Mar 2026 10:00:00 +0000\r\n\
+    RECEIVED: from c\r\n  by d; Sat, 14 Mar 2026 09:00:00 +0000\r\n\
+    received : obsolete spacing\r\n\
+    X-Received: not this one\r\n\
+    Received-SPF: pass\r\n\
+    Subject: Received: in a subject\r\n\
+    From: a@b\r\n\r\n\
+    Received: from body by text\r\nReceived: again\r\n";
+        assert_eq!(count_received(msg), 3);
+        assert_eq!(
+            count_received(b"Received: x\nreceived: y\n\nReceived: z\n"),
+            2
+        );
+        assert_eq!(count_received(b"Subject: none\r\n\r\n"), 0);
+        assert_eq!(count_received(b""), 0);
+        assert_eq!(count_received(b"Received: only headers, no body"), 1);
     }
 }

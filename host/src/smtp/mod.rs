@@ -1,9 +1,11 @@
-//! The SMTP protocol core: parser, typed replies, DATA/BDAT readers and
-//! the server state machine. No I/O, no tokio, no clocks: bytes in,
+//! The SMTP protocol core, both directions: the server's parser, typed
+//! replies, DATA/BDAT readers and state machine, and the client's reply
+//! parser, EHLO reading and DATA encoder ([`client`]). No I/O, no tokio, no clocks: bytes in,
 //! [`Action`]s out (the rustls split applied to SMTP).
 
 pub mod address;
 pub mod base64;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod header;

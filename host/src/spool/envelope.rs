@@ -153,3 +153,15 @@ pub struct TlsInfo {
     /// Implicit TLS (true) or STARTTLS.
     pub implicit: bool,
 }
+
+/// The protocol version and cipher suite a TLS connection agreed, as
+/// logged and recorded (`TLSv1_3`, `TLS13_AES_128_GCM_SHA256`; `unknown`
+/// before the handshake): the one spelling for both directions.
+pub fn tls_names(conn: &rustls::CommonState) -> (String, String) {
+    (
+        conn.protocol_version()
+            .map_or_else(|| "unknown".into(), |v| format!("{v:?}")),
+        conn.negotiated_cipher_suite()
+            .map_or_else(|| "unknown".into(), |c| format!("{:?}", c.suite())),
+    )
+}

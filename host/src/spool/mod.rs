@@ -14,7 +14,9 @@
 mod envelope;
 mod fs;
 
-pub use envelope::{ClientInfo, ENVELOPE_VERSION, Envelope, RcptState, Recipient, TlsInfo};
+pub use envelope::{
+    ClientInfo, ENVELOPE_VERSION, Envelope, RcptState, Recipient, TlsInfo, tls_names,
+};
 pub use fs::{FsSpool, Recovery};
 
 use std::future::Future;
