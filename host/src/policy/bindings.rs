@@ -27,3 +27,12 @@ wasmtime::component::bindgen!({
 });
 
 pub(crate) use self::sluice::policy::types;
+
+/// What one export of a policy returned, as the host takes it in.
+pub(crate) enum Answer {
+    Describe(types::Description),
+    Init(Result<(), String>),
+    Verdict(types::Verdict),
+    Data(types::DataResult),
+    Route(types::Route),
+}

@@ -11,14 +11,8 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Cache, CacheConfig, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::{PolicyWorld, PolicyWorldPre};
-use super::chain::{Candidate, Chain, LoadedPolicy};
-use super::host::{Grants, GuestCounters, HostState};
-use super::snapshot;
-use super::{
-    CONTRACT_PACKAGE, CONTRACT_VERSION, PolicyConfig, PolicyEngineConfig, PolicyError, Services,
-    Stage,
-};
-use crate::config::CandidateMode;
+use super::host::HostState;
+use super::{CONTRACT_PACKAGE, CONTRACT_VERSION, PolicyEngineConfig, PolicyError, Stage};
 
 /// Core instances, memories and tables a component may hold per pool
 /// slot of `max_instances` (a Rust `wasm32-wasip2` component has one memory
@@ -40,7 +34,7 @@ const KEEP_RESIDENT_TABLE: usize = 1 << 20;
 /// loaded from it shares its instance pool and cache. The epoch ticker
 /// stops once the engine and every chain loaded from it are dropped.
 pub struct Engine {
-    inner: Arc<EngineInner>,
+    pub(super) inner: Arc<EngineInner>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -183,151 +177,6 @@ impl Engine {
         )
     }
 
-    /// Load `policies` in order into a chain. Compilation (or a cache load)
-    /// runs on a dedicated thread; then each component is checked against
-    /// the contract, pre-linked, and `describe` and `init` run in a
-    /// throwaway instance. The first failure refuses the whole chain, with
-    /// an error naming the policy and the cause.
-    pub async fn load_chain(
-        &self,
-        policies: &[PolicyConfig],
-        services: Services,
-    ) -> Result<Arc<Chain>, PolicyError> {
-        Ok(self.reload_chain(policies, services, None).await?.0)
-    }
-
-    /// Load `policies` like [`load_chain`](Self::load_chain), but keep
-    /// from `previous` each loaded policy whose `[[policy]]` entry and
-    /// component files (active and candidate) are unchanged: no compile,
-    /// no `init`, and its counters go on. Also says, per policy, whether
-    /// it was loaded anew.
-    pub async fn reload_chain(
-        &self,
-        policies: &[PolicyConfig],
-        services: Services,
-        previous: Option<&Chain>,
-    ) -> Result<(Arc<Chain>, Vec<bool>), PolicyError> {
-        let mut loaded = Vec::with_capacity(policies.len());
-        let mut fresh = Vec::with_capacity(policies.len());
-        for p in policies {
-            if let Some(old) = previous
-                .and_then(|c| c.find(&p.name))
-                .filter(|old| unchanged(old, p))
-            {
-                loaded.push(old.clone());
-                fresh.push(false);
-                continue;
-            }
-            loaded.push(Arc::new(self.load_policy(p, &services).await?));
-            fresh.push(true);
-        }
-        let chain = Chain::new(self.inner.clone(), loaded, services);
-        Ok((Arc::new(chain), fresh))
-    }
-
-    /// Load one policy and its candidate, if any.
-    async fn load_policy(
-        &self,
-        p: &PolicyConfig,
-        services: &Services,
-    ) -> Result<LoadedPolicy, PolicyError> {
-        let (mut policy, wasm) = self.load_one(p, &p.name, &p.path).await?;
-        Chain::prepare(&self.inner, &mut policy, services).await?;
-        self.snapshot(&mut policy, wasm, services).await;
-        if let Some(path) = &p.candidate {
-            // A shadow has a key-value namespace of its own, so that its
-            // writes (rate counters…) do not count twice; a canary serves
-            // real sessions in the active version's place and shares it.
-            let name = match p.candidate_mode {
-                CandidateMode::Shadow => format!("{}~shadow", p.name),
-                CandidateMode::Canary => p.name.clone(),
-            };
-            let (mut c, wasm) = self.load_one(p, &name, path).await?;
-            Chain::prepare(&self.inner, &mut c, services).await?;
-            self.snapshot(&mut c, wasm, services).await;
-            policy.candidate = Some(Candidate {
-                policy: Arc::new(c),
-                mode: p.candidate_mode,
-                percent: p.canary_percent,
-                differences: Default::default(),
-            });
-        }
-        Ok(policy)
-    }
-
-    /// Start the fresh instances of `policy` from a snapshot taken after
-    /// `init` (see [`super::snapshot`]), when it does not reuse instances
-    /// and `init_snapshots` is on. Best effort: without a snapshot, `init`
-    /// runs in every instance, and the log says why.
-    async fn snapshot(&self, policy: &mut LoadedPolicy, wasm: Arc<[u8]>, services: &Services) {
-        if policy.reuse || !self.inner.cfg.init_snapshots {
-            return;
-        }
-        let started = std::time::Instant::now();
-        let chain = Chain::new(self.inner.clone(), Vec::new(), services.clone());
-        match snapshot::make(&self.inner, &chain, policy, wasm).await {
-            Ok(pre) => {
-                policy.pre = pre;
-                policy.preinit = true;
-                tracing::info!(
-                    target: "sluice::policy",
-                    policy = &*policy.name,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "init snapshot taken: fresh instances start initialised"
-                );
-            }
-            Err(why) => tracing::info!(
-                target: "sluice::policy",
-                policy = &*policy.name,
-                %why,
-                "no init snapshot: init runs in every fresh instance"
-            ),
-        }
-    }
-
-    async fn load_one(
-        &self,
-        p: &PolicyConfig,
-        name: &str,
-        path: &Path,
-    ) -> Result<(LoadedPolicy, Arc<[u8]>), PolicyError> {
-        let inner = self.inner.clone();
-        let owned_name = name.to_string();
-        let owned_path = path.to_path_buf();
-        let (component, wasm_hash, wasm) =
-            on_compile_thread(name, move || compile(&inner, &owned_name, &owned_path))
-                .await
-                .map_err(|cause| PolicyError::Thread {
-                    policy: name.to_string(),
-                    cause,
-                })??;
-        let pre = link(&self.inner, name, &component)?;
-        let policy = LoadedPolicy {
-            name: Arc::from(name),
-            version: String::new(),
-            wasm_hash,
-            stages: 0,
-            pre,
-            on_error: p.on_error,
-            grants: Grants::from(&p.capabilities),
-            // The pool slot is a hard ceiling anyway; the config check
-            // refuses a bigger cap, this covers configs built in code.
-            max_memory: usize::try_from(p.max_memory.0.min(self.inner.cfg.max_memory.0))
-                .unwrap_or(usize::MAX),
-            timeout: p.timeout,
-            config_json: config_json(&p.config),
-            counters: Arc::new(GuestCounters::default()),
-            stats: Default::default(),
-            reuse: p.reuse_instances,
-            preinit: false,
-            warm: Default::default(),
-            cfg: p.clone(),
-            loaded_at: std::time::SystemTime::now(),
-            candidate: None,
-        };
-        Ok((policy, wasm))
-    }
-
     /// Compile `wasm` into the cache (for `sluice policy compile`) and check
     /// it links against this contract. Blocking: call it outside async code.
     pub fn precompile(&self, wasm: &Path) -> Result<Precompiled, PolicyError> {
@@ -367,7 +216,7 @@ fn start_ticker(engine: &wasmtime::Engine, tick: Duration) -> Result<(), PolicyE
 
 /// Read and compile (or take from the cache). Runs off the async workers.
 /// The component, its hash and its bytes.
-fn compile(
+pub(super) fn compile(
     inner: &EngineInner,
     policy: &str,
     path: &Path,
@@ -384,21 +233,6 @@ fn compile(
         cause: one_line(&e),
     })?;
     Ok((component, hash, Arc::from(bytes)))
-}
-
-/// Whether a loaded policy is what `p` asks for: the same entry, and
-/// component files with the same contents.
-fn unchanged(old: &LoadedPolicy, p: &PolicyConfig) -> bool {
-    let same_file = |path: &Path, hash: &str| {
-        std::fs::read(path).is_ok_and(|b| hex(&Sha256::digest(&b)) == hash)
-    };
-    old.cfg == *p
-        && same_file(&p.path, &old.wasm_hash)
-        && match (&p.candidate, &old.candidate) {
-            (None, None) => true,
-            (Some(path), Some(c)) => same_file(path, &c.policy.wasm_hash),
-            _ => false,
-        }
 }
 
 /// Run `work` on a thread of its own at low priority and wait for it:
@@ -426,7 +260,7 @@ fn lower_thread_priority() {
     let _ = rustix::process::setpriority_process(None, 10);
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -480,7 +314,7 @@ fn compatible(found: (u64, u64, u64), ours: (u64, u64, u64)) -> bool {
 /// Find the `sluice:policy` version the component imports and exports; if
 /// one is not compatible with ours, say which. A component that exports no
 /// `sluice:policy/policy` at all is not a policy.
-fn check_contract(
+pub(super) fn check_contract(
     engine: &wasmtime::Engine,
     policy: &str,
     component: &Component,
@@ -532,7 +366,7 @@ fn check_contract(
 }
 
 /// The `[policy.config]` table as the JSON object `init` receives.
-fn config_json(table: &toml::Table) -> String {
+pub(super) fn config_json(table: &toml::Table) -> String {
     fn conv(v: &toml::Value) -> serde_json::Value {
         match v {
             toml::Value::String(s) => serde_json::Value::String(s.clone()),

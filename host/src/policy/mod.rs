@@ -99,6 +99,7 @@ mod engine;
 mod guests;
 mod host;
 mod kv;
+mod load;
 mod message;
 mod reload;
 mod snapshot;

@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Stage;
+use super::bindings::Answer;
 use super::bindings::sluice::policy::{clock, errors::HostError};
 use super::bindings::types;
-use super::chain::Answer;
 use super::{CallError, message::cut};
 use crate::smtp::base64;
 
