@@ -2,21 +2,32 @@
 //!
 //! The path of one message, one module per box:
 //!
-//! - [`smtp`] — the protocol core, sans I/O: parser, replies, the state
-//!   machine, the DATA and BDAT readers.
-//! - [`server`] — listeners, TLS, PROXY protocol, connection limits and the
-//!   per-connection driver that runs a [`smtp::Session`] over a socket.
+//! - [`smtp`] — the protocol, both directions, sans I/O: parser, replies,
+//!   the server state machine, the DATA and BDAT readers, the client side.
+//! - [`private`] — the umask and checked private directories.
+//! - [`route`] — the next-hop vocabulary: `Route`, `TlsMode`.
+//! - [`config`] — the TOML configuration, its defaults and its checks.
+//! - [`dns`] — the resolver trait, hickory, static tables, MX selection.
 //! - [`spool`] — the durable spool: a message and its envelope are on disk
 //!   and fsync'd before the `250`.
-//! - [`policy`] — the WebAssembly policy runtime: the wasmtime engine, the
-//!   chain consulted at each stage, host capabilities, the message resource.
+//! - [`delivery`] — how mail leaves: Maildir/LMTP, the SMTP client, DSNs.
+//! - [`policy`] — the WebAssembly policy runtime: the engine and its
+//!   loading, the chain consulted at each stage, one host module per WIT
+//!   interface, the message resource, hot swap (`reload`, `snapshot`).
 //! - [`queue`] — the queue: routing, scheduling, retries, bounces.
-//! - [`delivery`] — how mail leaves: Maildir/LMTP, the SMTP client, DNS,
-//!   DSNs.
+//! - [`gate`] — the stage gate: built-in rules and the chain at each
+//!   stage, run alike by live sessions and by replay.
 //! - [`record`] — record and replay: sessions recorded as JSON lines,
-//!   replayed against a policy chain, and run as policy test suites.
+//!   replayed through the gate, and run as policy test suites.
+//! - [`server`] — listeners, TLS, PROXY protocol, admission and the memory
+//!   budget, and the per-connection driver that runs a [`smtp::Session`].
 //! - [`admin`] — the local admin socket behind `sluice queue`.
-//! - [`config`] — the TOML configuration, its defaults and its checks.
+//! - [`scaffold`] — `sluice policy new` and `sluice policy build`.
+//! - [`gateway`] — start-up wiring: builds every box, hands them to the
+//!   listeners.
+//!
+//! Each box imports only boxes above it in this list (ARCHITECTURE.md;
+//! `scripts/house --check` keeps it so).
 
 pub mod admin;
 pub mod config;
