@@ -760,6 +760,24 @@ impl Config {
             .iter()
             .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
             .collect();
+        // Domains are compared in lower case without the root dot, so
+        // the per-domain TLS policy is keyed the same way (security
+        // review finding 4: `"Example.org" = "require"` matched nothing).
+        let mut tls_policy = std::collections::BTreeMap::new();
+        for (domain, mode) in std::mem::take(&mut cfg.delivery.tls_policy) {
+            let key = domain.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(other) = tls_policy.insert(key.clone(), mode)
+                && other != mode
+            {
+                return Err(ConfigError::Invalid {
+                    file: file.to_string(),
+                    line: find_line(text, "tls_policy"),
+                    field: "delivery.tls_policy".to_string(),
+                    message: format!("{key:?} is given twice with different policies"),
+                });
+            }
+        }
+        cfg.delivery.tls_policy = tls_policy;
         if cfg.policy_engine.cache_dir.as_os_str().is_empty() {
             cfg.policy_engine.cache_dir = cfg.data_dir.join("policy-cache");
         }
@@ -1092,6 +1110,26 @@ mod tests {
         .to_string();
         assert!(e.starts_with("x.toml: line 4, column 1:"), "{e}");
         assert!(e.contains("max_mesage_size"), "{e}");
+    }
+
+    #[test]
+    fn finding_04_tls_policy_keys_match_like_the_lookup() {
+        let cfg = Config::parse(
+            "[delivery.tls_policy]\n\"Example.ORG.\" = \"require\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.delivery.tls_policy.get("example.org"),
+            Some(&crate::route::TlsMode::Require)
+        );
+        let e = Config::parse(
+            "[delivery.tls_policy]\n\"a.example\" = \"require\"\n\"A.example\" = \"none\"\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("given twice"), "{e}");
     }
 
     #[test]
