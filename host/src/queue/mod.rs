@@ -11,6 +11,7 @@
 //! attempt in flight at a crash: at-least-once, never zero).
 
 mod deliver;
+mod plan;
 mod pool;
 mod schedule;
 
@@ -421,15 +422,36 @@ impl Inner {
         let Ok(_active) = self.active.acquire().await else {
             return;
         };
+        let Some((mut env, msg)) = self.load(id).await else {
+            return;
+        };
+        if env.held {
+            return;
+        }
+        let now = Utc::now();
+        let expired = self.expire(&mut env, &msg, now);
+        let (groups, routed) = self.plan_routes(&mut env, now, force).await;
+        let env = Arc::new(tokio::sync::Mutex::new(env));
+        if expired || routed {
+            self.persist(&env).await;
+        }
+        let msg = Arc::new(msg);
+        self.deliver_groups(&env, &msg, groups).await;
+        self.settle(id, &env, &msg).await;
+    }
+
+    /// Read a message from the spool; `None` when it is gone or cannot
+    /// be read now (then it is tried again later).
+    async fn load(&self, id: &str) -> Option<(Envelope, Vec<u8>)> {
         let spool = self.spool.clone();
         let owned = id.to_string();
         let loaded = tokio::task::spawn_blocking(move || spool.read(&owned)).await;
-        let (mut env, msg) = match loaded {
-            Ok(Ok(x)) => x,
+        match loaded {
+            Ok(Ok(x)) => Some(x),
             Ok(Err(SpoolError::Io { source, .. }))
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
-                return;
+                None
             }
             Ok(Err(e)) => {
                 tracing::error!(queue_id = id, error = %e, "cannot read queued message; retrying later");
@@ -440,14 +462,15 @@ impl Inner {
                             .unwrap_or_default(),
                     false,
                 );
-                return;
+                None
             }
-            Err(_) => return,
-        };
-        if env.held {
-            return;
+            Err(_) => None,
         }
-        let now = Utc::now();
+    }
+
+    /// Fail the recipients of a message past its lifetime, or of one
+    /// that loops; true when a recipient changed.
+    fn expire(&self, env: &mut Envelope, msg: &[u8], now: DateTime<Utc>) -> bool {
         let lifetime = chrono::Duration::from_std(self.cfg.queue.max_lifetime)
             .unwrap_or(chrono::Duration::MAX);
         let mut changed = false;
@@ -466,7 +489,7 @@ impl Inner {
                 changed = true;
             }
         }
-        let received = crate::smtp::header::count_received(&msg);
+        let received = crate::smtp::header::count_received(msg);
         if received > self.cfg.delivery.max_received_headers {
             for r in env.recipients.iter_mut().filter(|r| !r.state.is_final()) {
                 record(
@@ -481,75 +504,17 @@ impl Inner {
                 changed = true;
             }
         }
-        let due: Vec<usize> = env
-            .recipients
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| match r.state {
-                RcptState::Pending => true,
-                RcptState::Deferred => force || r.next_attempt.is_none_or(|t| t <= now),
-                _ => false,
-            })
-            .map(|(i, _)| i)
-            .collect();
-        // Group the due recipients by route: one transaction per destination.
-        let mut groups: Vec<(Route, Vec<usize>)> = Vec::new();
-        let env_info = crate::policy::EnvelopeInfo {
-            sender: env.sender.clone(),
-            sender_params: Vec::new(),
-            recipients: env.recipients.iter().map(|r| r.address.clone()).collect(),
-        };
-        for i in due {
-            let chain = self
-                .chain
-                .current()
-                .filter(|c| c.handles(crate::policy::Stage::Route));
-            let route = match &chain {
-                Some(chain) => match chain.route(&env_info, &env.recipients[i].address).await {
-                    crate::policy::RouteDecision::Default => {
-                        self.router.route(&env.recipients[i].address)
-                    }
-                    crate::policy::RouteDecision::Route(r) => r,
-                    crate::policy::RouteDecision::Defer(reply) => {
-                        let o = Outcome::defer(
-                            reply.enhanced.unwrap_or(Enhanced(4, 3, 0)),
-                            format!("x-policy; {}", reply.summary()),
-                        );
-                        let r = &mut env.recipients[i];
-                        log_outcome(&env.id, &r.address, &o);
-                        record(r, now, o, true);
-                        r.next_attempt = Some(
-                            now + chrono::Duration::from_std(backoff(
-                                r.attempts,
-                                self.cfg.queue.retry_initial,
-                                self.cfg.queue.retry_max,
-                            ))
-                            .unwrap_or_default(),
-                        );
-                        changed = true;
-                        continue;
-                    }
-                },
-                None => self.router.route(&env.recipients[i].address),
-            };
-            match route {
-                Route::Reject { status, text } => {
-                    let o = Outcome::fail(status, text);
-                    log_outcome(&env.id, &env.recipients[i].address, &o);
-                    record(&mut env.recipients[i], now, o, false);
-                    changed = true;
-                }
-                route => match groups.iter_mut().find(|(r, _)| *r == route) {
-                    Some((_, v)) => v.push(i),
-                    None => groups.push((route, vec![i])),
-                },
-            }
-        }
-        let env = Arc::new(tokio::sync::Mutex::new(env));
-        if changed {
-            self.persist(&env).await;
-        }
-        let msg = Arc::new(msg);
+        changed
+    }
+
+    /// Deliver each group of recipients in its own task and record the
+    /// outcomes; returns when every group is done.
+    async fn deliver_groups(
+        self: &Arc<Self>,
+        env: &Arc<tokio::sync::Mutex<Envelope>>,
+        msg: &Arc<Vec<u8>>,
+        groups: Vec<(Route, Vec<usize>)>,
+    ) {
         let mut tasks = tokio::task::JoinSet::new();
         for (route, idx) in groups {
             let inner = self.clone();
@@ -579,9 +544,14 @@ impl Inner {
             });
         }
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// After the attempt: finish the message (delivered, bounced) or
+    /// schedule its next one.
+    async fn settle(self: &Arc<Self>, id: &str, env: &tokio::sync::Mutex<Envelope>, msg: &[u8]) {
         let env = env.lock().await.clone();
         if env.is_finished() {
-            self.finish(env, &msg).await;
+            self.finish(env, msg).await;
         } else if let Some(next) = next_due(&env) {
             self.lock_schedule().at(id, next, false);
         }
