@@ -31,8 +31,7 @@ use crate::dns::Resolver;
 use crate::route::{Route, TlsMode};
 use crate::smtp::Enhanced;
 use crate::spool::{
-    ClientInfo, ENVELOPE_VERSION, Envelope, NewMessage, RcptState, Recipient, Spool, SpoolError,
-    new_queue_id,
+    ClientInfo, Envelope, NewMessage, RcptState, Recipient, Spool, SpoolError, new_queue_id,
 };
 
 pub use schedule::Schedule;
@@ -670,31 +669,28 @@ impl Inner {
             now.to_rfc2822()
         )
         .into_bytes();
-        let envelope = Envelope {
-            version: ENVELOPE_VERSION,
-            id: id.clone(),
-            received_at: now,
-            sender: String::new(),
-            recipients: vec![Recipient::new(to)],
-            params: crate::smtp::command::MailParams {
-                smtputf8,
-                ..Default::default()
-            },
-            chunked: false,
-            client: ClientInfo {
-                ip: "127.0.0.1".into(),
-                port: 0,
-                listener: "local".into(),
-                helo: self.cfg.hostname.clone(),
-                esmtp: true,
-                tls: None,
-                proxy: None,
-            },
-            size: 0,
-            trace_len: 0,
-            held: false,
-            quarantine: None,
+        let params = crate::smtp::command::MailParams {
+            smtputf8,
+            ..Default::default()
         };
+        let client = ClientInfo {
+            ip: "127.0.0.1".into(),
+            port: 0,
+            listener: "local".into(),
+            helo: self.cfg.hostname.clone(),
+            esmtp: true,
+            tls: None,
+            proxy: None,
+        };
+        let envelope = Envelope::new(
+            id.clone(),
+            now,
+            String::new(),
+            vec![Recipient::new(to)],
+            params,
+            false,
+            client,
+        );
         self.spool
             .store(NewMessage {
                 envelope,

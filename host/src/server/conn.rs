@@ -19,9 +19,7 @@ use crate::config::ListenerConfig;
 use crate::gate::{DataVerdict, GatePeer, GateSession};
 use crate::smtp::reply::std_replies;
 use crate::smtp::{Action, Check, Reply, ReversePath, Session, Transaction, Verdict, Waiting};
-use crate::spool::{
-    ClientInfo, ENVELOPE_VERSION, Envelope, NewMessage, Recipient, TlsInfo, new_queue_id,
-};
+use crate::spool::{ClientInfo, Envelope, NewMessage, Recipient, TlsInfo, new_queue_id};
 
 /// Read buffer per connection.
 const READ_CHUNK: usize = 16 * 1024;
@@ -423,36 +421,34 @@ impl Driver {
         let id = new_queue_id();
         let now = chrono::Utc::now();
         let trace = received_header(&self.shared.config.hostname, &self.peer, &t, &id, now);
-        let envelope = Envelope {
-            version: ENVELOPE_VERSION,
-            id: id.clone(),
-            received_at: now,
-            sender: display_sender(&t.from),
-            recipients: t
-                .recipients
-                .iter()
-                .map(|r| Recipient {
-                    orcpt: r.params.orcpt.clone(),
-                    notify: r.params.notify,
-                    ..Recipient::new(r.to.to_string())
-                })
-                .collect(),
-            params: t.params.clone(),
-            chunked: t.chunked,
-            client: ClientInfo {
-                ip: self.peer.client.ip().to_string(),
-                port: self.peer.client.port(),
-                listener: self.peer.local.to_string(),
-                helo: t.helo.clone(),
-                esmtp: t.esmtp,
-                tls: self.peer.tls.clone(),
-                proxy: self.peer.proxy.map(|p| p.to_string()),
-            },
-            size: 0,
-            trace_len: 0,
-            held: quarantine.is_some(),
-            quarantine,
+        let recipients = t
+            .recipients
+            .iter()
+            .map(|r| Recipient {
+                orcpt: r.params.orcpt.clone(),
+                notify: r.params.notify,
+                ..Recipient::new(r.to.to_string())
+            })
+            .collect();
+        let client = ClientInfo {
+            ip: self.peer.client.ip().to_string(),
+            port: self.peer.client.port(),
+            listener: self.peer.local.to_string(),
+            helo: t.helo.clone(),
+            esmtp: t.esmtp,
+            tls: self.peer.tls.clone(),
+            proxy: self.peer.proxy.map(|p| p.to_string()),
         };
+        let envelope = Envelope::new(
+            id.clone(),
+            now,
+            display_sender(&t.from),
+            recipients,
+            t.params.clone(),
+            t.chunked,
+            client,
+        )
+        .quarantined(quarantine);
         let msg = NewMessage {
             envelope,
             trace,

@@ -42,6 +42,40 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// A new envelope in the current format: not held, not in quarantine,
+    /// sizes filled in by the spool when the message is stored.
+    pub fn new(
+        id: String,
+        received_at: DateTime<Utc>,
+        sender: String,
+        recipients: Vec<Recipient>,
+        params: MailParams,
+        chunked: bool,
+        client: ClientInfo,
+    ) -> Self {
+        Self {
+            version: ENVELOPE_VERSION,
+            id,
+            received_at,
+            sender,
+            recipients,
+            params,
+            chunked,
+            client,
+            size: 0,
+            trace_len: 0,
+            held: false,
+            quarantine: None,
+        }
+    }
+
+    /// The same envelope held in quarantine for `reason` (a policy's word).
+    pub fn quarantined(mut self, reason: Option<String>) -> Self {
+        self.held = reason.is_some();
+        self.quarantine = reason;
+        self
+    }
+
     /// True when no recipient is waiting for delivery.
     pub fn is_finished(&self) -> bool {
         self.recipients.iter().all(|r| r.state.is_final())

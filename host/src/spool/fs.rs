@@ -351,15 +351,14 @@ mod tests {
 
     fn msg(body: &str) -> NewMessage {
         NewMessage {
-            envelope: Envelope {
-                version: 1,
-                id: new_queue_id(),
-                received_at: chrono::Utc::now(),
-                sender: "a@example.com".into(),
-                recipients: vec![crate::spool::Recipient::new("b@example.com".into())],
-                params: MailParams::default(),
-                chunked: false,
-                client: ClientInfo {
+            envelope: Envelope::new(
+                new_queue_id(),
+                chrono::Utc::now(),
+                "a@example.com".into(),
+                vec![crate::spool::Recipient::new("b@example.com".into())],
+                MailParams::default(),
+                false,
+                ClientInfo {
                     ip: "127.0.0.1".into(),
                     port: 1,
                     listener: "127.0.0.1:25".into(),
@@ -368,11 +367,7 @@ mod tests {
                     tls: None,
                     proxy: None,
                 },
-                size: 0,
-                trace_len: 0,
-                held: false,
-                quarantine: None,
-            },
+            ),
             trace: b"Received: test\r\n".to_vec(),
             body: body.as_bytes().to_vec(),
         }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::smtp::command::MailParams;
-use crate::spool::{ClientInfo, ENVELOPE_VERSION, RcptState};
+use crate::spool::{ClientInfo, RcptState};
 use chrono::TimeZone;
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 
@@ -22,15 +22,14 @@ fn rcpt(addr: &str) -> Recipient {
 }
 
 fn env(sender: &str, recipients: Vec<Recipient>) -> Envelope {
-    Envelope {
-        version: ENVELOPE_VERSION,
-        id: "01J8Z3ABCDEF".into(),
-        received_at: t(10, 0),
-        sender: sender.into(),
+    Envelope::new(
+        "01J8Z3ABCDEF".into(),
+        t(10, 0),
+        sender.into(),
         recipients,
-        params: MailParams::default(),
-        chunked: false,
-        client: ClientInfo {
+        MailParams::default(),
+        false,
+        ClientInfo {
             ip: "192.0.2.7".into(),
             port: 40000,
             listener: "0.0.0.0:25".into(),
@@ -39,11 +38,7 @@ fn env(sender: &str, recipients: Vec<Recipient>) -> Envelope {
             tls: None,
             proxy: None,
         },
-        size: 0,
-        trace_len: 0,
-        held: false,
-        quarantine: None,
-    }
+    )
 }
 
 const ORIGINAL: &[u8] = b"Received: from client.example.org ([192.0.2.7])\r\n\tby mx.example.com with ESMTP id 01J8Z3ABCDEF;\r\n\tSat, 14 Mar 2026 10:00:00 +0000\r\n\
