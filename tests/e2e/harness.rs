@@ -8,29 +8,21 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tempfile::TempDir;
 
-/// How long a server may take to print all its "listening" lines.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default deadline for one SMTP reply.
 pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an external client (swaks, python) may run.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The `sluice` binary under test.
-pub(crate) fn sluice_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sluice")
-}
+pub(crate) use sluice_test_kit::{Server, sluice_bin};
 
 /// The repository root (the workspace).
 pub(crate) fn repo_root() -> PathBuf {
@@ -158,67 +150,29 @@ impl ServerConfig {
 // ---------------------------------------------------------------------------
 // Sandbox and server process
 
-/// A temporary folder holding one test's config file and data folder.
-#[derive(Debug)]
-pub(crate) struct Sandbox {
-    dir: TempDir,
+/// A temporary folder holding one test's config file and data folder: the
+/// kit's [`sluice_test_kit::Sandbox`] (its files, `start_toml`, `restart`)
+/// plus starting from a [`ServerConfig`] and a view of the spool.
+#[derive(Debug, Default)]
+pub(crate) struct Sandbox(sluice_test_kit::Sandbox);
+
+impl std::ops::Deref for Sandbox {
+    type Target = sluice_test_kit::Sandbox;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Sandbox {
     /// A fresh, empty sandbox.
     pub(crate) fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("sluice-e2e-")
-            .tempdir()
-            .expect("create temporary folder");
-        Self { dir }
-    }
-
-    /// The sandbox folder.
-    pub(crate) fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The server's `data_dir`.
-    pub(crate) fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// The config file [`Sandbox::start`] writes.
-    pub(crate) fn config_path(&self) -> PathBuf {
-        self.dir.path().join("sluice.toml")
-    }
-
-    /// Write a file into the sandbox and return its path.
-    pub(crate) fn write(&self, name: &str, contents: &[u8]) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, contents).expect("write sandbox file");
-        p
+        Self::default()
     }
 
     /// Write `cfg` and start a server on it; panics (with the server's log)
     /// when it does not come up.
     pub(crate) fn start(&self, cfg: &ServerConfig) -> Server {
-        let path = self.config_path();
-        std::fs::write(&path, cfg.to_toml(&self.data_dir())).expect("write config");
-        Server::start(&path, cfg.listeners.len())
-    }
-
-    /// Write `toml` (a whole configuration written by the test, with
-    /// [`Sandbox::data_dir`] as its `data_dir`) as the config file and
-    /// start a server on it that has `listeners` listeners. Unlike
-    /// [`Sandbox::start`] nothing is added: the queue delivers unless the
-    /// text says otherwise.
-    pub(crate) fn start_toml(&self, toml: &str, listeners: usize) -> Server {
-        let path = self.config_path();
-        std::fs::write(&path, toml).expect("write config");
-        Server::start(&path, listeners)
-    }
-
-    /// Start a server again on the config file already written (after a
-    /// crash or a stop), on the same data folder.
-    pub(crate) fn restart(&self, listeners: usize) -> Server {
-        Server::start(&self.config_path(), listeners)
+        self.start_toml(&cfg.to_toml(&self.data_dir()), cfg.listeners.len())
     }
 
     /// The spool of this sandbox's data folder.
@@ -227,196 +181,6 @@ impl Sandbox {
             root: self.data_dir().join("spool"),
         }
     }
-}
-
-/// A running `sluice serve`, killed and reaped on drop.
-#[derive(Debug)]
-pub(crate) struct Server {
-    child: Child,
-    addrs: Vec<SocketAddr>,
-    logs: Arc<Mutex<Vec<String>>>,
-    reader: Option<JoinHandle<()>>,
-    exited: Option<ExitStatus>,
-}
-
-impl Server {
-    /// Start `sluice serve --config PATH --log-format json` and wait for
-    /// `listeners` "listening" log lines.
-    pub(crate) fn start(config: &Path, listeners: usize) -> Self {
-        let mut child = Command::new(sluice_bin())
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .arg("--log-format")
-            .arg("json")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sluice serve");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<String>();
-        let sink = Arc::clone(&logs);
-        // Drains stderr for the whole life of the process so the pipe never
-        // fills; ends at EOF (the process exited).
-        let reader = thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let mut server = Server {
-            child,
-            addrs: Vec::new(),
-            logs,
-            reader: Some(reader),
-            exited: None,
-        };
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        while server.addrs.len() < listeners {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left.min(Duration::from_millis(200))) {
-                Ok(line) => {
-                    if let Some(addr) = listening_address(&line) {
-                        server.addrs.push(addr);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Ok(Some(status)) = server.child.try_wait() {
-                        // Give the reader a moment to collect the last lines.
-                        thread::sleep(Duration::from_millis(100));
-                        panic!(
-                            "sluice exited during startup with {status}; log:\n{}",
-                            server.log_text()
-                        );
-                    }
-                    if left.is_zero() {
-                        panic!(
-                            "sluice did not report {listeners} listeners within {STARTUP_TIMEOUT:?}; log:\n{}",
-                            server.log_text()
-                        );
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = server.wait_exit(Duration::from_secs(5));
-                    panic!(
-                        "sluice closed its log during startup (exit {status:?}); log:\n{}",
-                        server.log_text()
-                    );
-                }
-            }
-        }
-        server
-    }
-
-    /// The address of listener `i` (config order).
-    pub(crate) fn addr(&self, i: usize) -> SocketAddr {
-        self.addrs[i]
-    }
-
-    /// The process id.
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// All log lines so far.
-    pub(crate) fn log_lines(&self) -> Vec<String> {
-        self.logs.lock().unwrap().clone()
-    }
-
-    /// The log so far as one text, for failure messages.
-    pub(crate) fn log_text(&self) -> String {
-        self.log_lines().join("\n")
-    }
-
-    /// Parsed JSON log records whose `fields.message` is `message`.
-    pub(crate) fn log_records(&self, message: &str) -> Vec<Value> {
-        self.log_lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["fields"]["message"] == message)
-            .collect()
-    }
-
-    /// Wait (bounded) for a log record with this message matching `pred`.
-    pub(crate) fn wait_log(
-        &self,
-        message: &str,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Option<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = self.log_records(message).into_iter().find(&pred) {
-                return Some(v);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Send a signal by name (`TERM`, `INT`) with kill(1), by PID.
-    pub(crate) fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill(1)");
-        assert!(status.success(), "kill -{name} {} failed", self.pid());
-    }
-
-    /// SIGKILL the process and reap it.
-    pub(crate) fn kill9(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            self.exited = self.child.wait().ok();
-        }
-        self.join_reader();
-    }
-
-    /// Wait (bounded) for the process to exit by itself.
-    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while self.exited.is_none() {
-            match self.child.try_wait() {
-                Ok(Some(status)) => self.exited = Some(status),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                _ => return None,
-            }
-        }
-        self.join_reader();
-        self.exited
-    }
-
-    fn join_reader(&mut self) {
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        // The reader ends at EOF, which follows the exit.
-        self.join_reader();
-    }
-}
-
-/// The address of a "listening" JSON log line.
-fn listening_address(line: &str) -> Option<SocketAddr> {
-    let v: Value = serde_json::from_str(line).ok()?;
-    if v["fields"]["message"] != "listening" {
-        return None;
-    }
-    v["fields"]["address"].as_str()?.parse().ok()
 }
 
 // ---------------------------------------------------------------------------

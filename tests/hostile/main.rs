@@ -9,7 +9,7 @@
 #[allow(dead_code)]
 #[path = "../policy-guests/locate.rs"]
 mod guests;
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../e2e/harness.rs"]
 mod harness;
 

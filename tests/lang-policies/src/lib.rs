@@ -10,49 +10,20 @@
 
 #![warn(missing_docs)]
 
-use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant, SystemTime};
-
-use serde_json::Value;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 pub use sluice_policy_build::{POLICIES, WORKSPACE};
-
-/// How long a server may take to listen (a policy not in the compiled
-/// cache yet is compiled at start).
-pub const STARTUP: Duration = Duration::from_secs(300);
-/// How long one SMTP reply may take.
-pub const REPLY: Duration = Duration::from_secs(30);
-/// How long a delivery may take to show up.
-pub const DELIVERY: Duration = Duration::from_secs(20);
+pub use sluice_test_kit::{
+    DELIVERY, PolicyGateway, REPLY, Reply, STARTUP, Sandbox, Server, Smtp, sluice_bin,
+};
 
 /// The workspace's folder.
 #[must_use]
 pub fn workspace() -> &'static Path {
     Path::new(WORKSPACE)
-}
-
-/// `target/debug/sluice` (tests run from `target/debug/deps/`).
-#[must_use]
-pub fn sluice_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join(format!("sluice{}", std::env::consts::EXE_SUFFIX)))
-        .unwrap_or_default();
-    assert!(
-        bin.is_file(),
-        "the gateway binary {} is missing: `cargo test --workspace` builds it (or `cargo build -p sluice`)",
-        bin.display()
-    );
-    bin
 }
 
 /// Where this crate's tests keep what they build: `target/lang-policies`.
@@ -192,311 +163,20 @@ pub fn policy_dirs(lang: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------
 // The gateway
 
-/// A temporary folder with the config and the data folder of one server.
-#[derive(Debug)]
-pub struct Sandbox {
-    dir: tempfile::TempDir,
-}
-
-impl Default for Sandbox {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Sandbox {
-    /// A new, empty sandbox.
-    #[must_use]
-    pub fn new() -> Sandbox {
-        Sandbox {
-            dir: tempfile::Builder::new()
-                .prefix("sluice-lang-")
-                .tempdir()
-                .unwrap_or_else(|e| panic!("temp dir: {e}")),
-        }
-    }
-
-    /// The data folder.
-    #[must_use]
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// A config: a plain listener and a PROXY listener trusting loopback,
-    /// delivery to Maildirs for example.com, then `rest` (`[[policy]]`).
-    #[must_use]
-    pub fn config(&self, rest: &str) -> String {
-        let mut t = String::new();
-        let _ = writeln!(t, "data_dir = {:?}", self.data_dir().display().to_string());
-        t.push_str("hostname = \"mx.test.example\"\nlocal_domains = [\"example.com\"]\n");
-        t.push_str(
-            "relay_networks = [\"127.0.0.0/8\"]\n\n[[listener]]\naddress = \"127.0.0.1:0\"\n",
-        );
-        t.push_str("\n[[listener]]\naddress = \"127.0.0.1:0\"\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n");
-        t.push_str("\n[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout = \"1s\"\n\n");
-        t.push_str(&engine_section());
-        t.push('\n');
-        t.push_str(rest);
-        t
-    }
-
-    /// Write `config` and start a server; waits for its two listeners.
-    #[must_use]
-    pub fn start(&self, config: &str) -> Server {
-        let path = self.dir.path().join("sluice.toml");
-        std::fs::write(&path, config).unwrap_or_else(|e| panic!("write config: {e}"));
-        Server::start(&path, 2)
-    }
-
-    /// The messages delivered to `local@domain`, sorted.
-    #[must_use]
-    pub fn maildir(&self, domain: &str, local: &str) -> Vec<String> {
-        let dir = self
-            .data_dir()
-            .join("mail")
-            .join(domain)
-            .join(local)
-            .join("new");
-        let mut found: Vec<String> = std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter_map(|e| std::fs::read(e.path()).ok())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .collect();
-        found.sort();
-        found
-    }
-
-    /// Wait (bounded) until `count` messages are in `local@domain`'s Maildir.
-    #[must_use]
-    pub fn wait_maildir(&self, domain: &str, local: &str, count: usize) -> Vec<String> {
-        let deadline = Instant::now() + DELIVERY;
-        loop {
-            let found = self.maildir(domain, local);
-            if found.len() >= count || Instant::now() >= deadline {
-                return found;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The envelopes (`*.json`) in the spool's queue.
-    #[must_use]
-    pub fn spooled_envelopes(&self) -> Vec<Value> {
-        let dir = self.data_dir().join("spool").join("queue");
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .filter_map(|p| std::fs::read(p).ok())
-            .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
-            .collect()
-    }
-}
-
-/// A running `sluice serve`, killed and reaped on drop.
-#[derive(Debug)]
-pub struct Server {
-    child: Child,
-    addrs: Vec<SocketAddr>,
-    logs: Arc<Mutex<Vec<String>>>,
-    reader: Option<thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(config: &Path, listeners: usize) -> Server {
-        let mut child = Command::new(sluice_bin())
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .args(["--log-format", "json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn sluice serve: {e}"));
-        let stderr = child
-            .stderr
-            .take()
-            .unwrap_or_else(|| panic!("piped stderr"));
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&logs);
-        let (tx, rx) = mpsc::channel::<String>();
-        let reader = thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(mut logs) = sink.lock() {
-                    logs.push(line.clone());
-                }
-                let _ = tx.send(line);
-            }
-        });
-        let mut server = Server {
-            child,
-            addrs: Vec::new(),
-            logs,
-            reader: Some(reader),
-        };
-        let deadline = Instant::now() + STARTUP;
-        while server.addrs.len() < listeners {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left.min(Duration::from_millis(200))) {
-                Ok(line) => {
-                    let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-                    if v["fields"]["message"] == "listening"
-                        && let Some(addr) =
-                            v["fields"]["address"].as_str().and_then(|a| a.parse().ok())
-                    {
-                        server.addrs.push(addr);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Ok(Some(status)) = server.child.try_wait() {
-                        thread::sleep(Duration::from_millis(100));
-                        panic!(
-                            "sluice exited during startup ({status}); log:\n{}",
-                            server.log_text()
-                        );
-                    }
-                    assert!(
-                        !left.is_zero(),
-                        "sluice did not listen within {STARTUP:?}; log:\n{}",
-                        server.log_text()
-                    );
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    thread::sleep(Duration::from_millis(100));
-                    panic!(
-                        "sluice closed its log during startup; log:\n{}",
-                        server.log_text()
-                    );
-                }
-            }
-        }
-        server
-    }
-
-    /// The address of listener `i` (0: plain, 1: PROXY protocol).
-    #[must_use]
-    pub fn addr(&self, i: usize) -> SocketAddr {
-        self.addrs[i]
-    }
-
-    /// The log so far.
-    #[must_use]
-    pub fn log_text(&self) -> String {
-        self.logs.lock().map(|l| l.join("\n")).unwrap_or_default()
-    }
-
-    /// The lines the policies logged (records of target `sluice::policy`
-    /// with a `stage`), in order.
-    #[must_use]
-    pub fn policy_logs(&self) -> Vec<String> {
-        self.logs
-            .lock()
-            .map(|l| l.clone())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["target"] == "sluice::policy" && v["fields"]["stage"].is_string())
-            .filter_map(|v| v["fields"]["message"].as_str().map(str::to_string))
-            .collect()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// SMTP
-
-/// A raw SMTP client that records every reply.
-#[derive(Debug)]
-pub struct Smtp {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-/// One reply: its code and its lines joined by newlines.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// The code.
-    pub code: u16,
-    /// The text of its lines.
-    pub text: String,
-}
-
-impl Smtp {
-    /// Connect (sending a PROXY v1 header for `client` when given) and
-    /// read the greeting.
-    #[must_use]
-    pub fn connect(addr: SocketAddr, client: Option<&str>) -> (Smtp, Reply) {
-        let stream = TcpStream::connect_timeout(&addr, REPLY)
-            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        stream
-            .set_read_timeout(Some(REPLY))
-            .unwrap_or_else(|e| panic!("{e}"));
-        stream
-            .set_write_timeout(Some(REPLY))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let reader = BufReader::new(stream.try_clone().unwrap_or_else(|e| panic!("{e}")));
-        let mut smtp = Smtp { stream, reader };
-        if let Some(ip) = client {
-            let family = if ip.contains(':') { "TCP6" } else { "TCP4" };
-            let dst = if ip.contains(':') { "::1" } else { "127.0.0.1" };
-            smtp.send(&format!("PROXY {family} {ip} {dst} 5555 25"));
-        }
-        let greeting = smtp.reply();
-        (smtp, greeting)
-    }
-
-    /// Send one line.
-    pub fn send(&mut self, line: &str) {
-        self.stream
-            .write_all(format!("{line}\r\n").as_bytes())
-            .unwrap_or_else(|e| panic!("send {line:?}: {e}"));
-    }
-
-    /// Read one reply; `None` when the server closed the connection.
-    pub fn try_reply(&mut self) -> Option<Reply> {
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            match self.reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-            let line = line.trim_end();
-            let code = line.get(..3).and_then(|c| c.parse().ok())?;
-            if !text.is_empty() {
-                text.push('\n');
-            }
-            text.push_str(line.get(4..).unwrap_or(""));
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Some(Reply { code, text });
-            }
-        }
-    }
-
-    /// Read one reply, which must come.
-    pub fn reply(&mut self) -> Reply {
-        self.try_reply()
-            .unwrap_or_else(|| panic!("connection closed while waiting for a reply"))
-    }
-
-    /// Whether the server has closed the connection.
-    pub fn closed(&mut self) -> bool {
-        let mut buf = [0u8; 64];
-        matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
-    }
+/// The config of these tests: a plain listener and a PROXY listener
+/// trusting loopback, delivery to Maildirs for example.com, no DNS
+/// reachable, the shared compiled-code cache, then `rest` (`[[policy]]`).
+/// Start it with `sandbox.start_toml(&config, 2)`.
+#[must_use]
+pub fn config(sandbox: &Sandbox, rest: &str) -> String {
+    let cache = engine_cache();
+    let gw = PolicyGateway {
+        proxy: true,
+        deliver: true,
+        quiet_dns: true,
+        engine_cache: &cache,
+        max_instances: 32,
+        max_memory: "128MiB",
+    };
+    sandbox.policy_config(&gw, rest)
 }

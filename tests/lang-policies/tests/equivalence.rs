@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use sluice_lang_policies::{Sandbox, Server, Smtp, component};
+use sluice_lang_policies::{Sandbox, Server, Smtp, component, config as gateway_config};
 
 /// One step of a session.
 #[derive(Debug, Clone, Copy)]
@@ -79,7 +79,7 @@ fn without_received(message: &str) -> String {
 
 fn run_session(server: &Server, session: &Session) -> Vec<String> {
     let listener = usize::from(session.client.is_some());
-    let (mut smtp, greeting) = Smtp::connect(server.addr(listener), session.client);
+    let (mut smtp, greeting) = Smtp::connect_with(server.addr(listener), session.client);
     let mut replies = vec![format!("{} {}", greeting.code, greeting.text)];
     if greeting.code != 220 {
         replies.push(if smtp.closed() { "closed" } else { "open" }.to_string());
@@ -135,7 +135,7 @@ fn run(
         "[[policy]]\nname = {name:?}\npath = {:?}\nmax_memory = \"128MiB\"\ntimeout = \"1s\"\n[policy.config]\n{config}",
         wasm.display().to_string()
     );
-    let server = sandbox.start(&sandbox.config(&policy));
+    let server = sandbox.start_toml(&gateway_config(&sandbox, &policy), 2);
     let transcript = sessions.iter().map(|s| run_session(&server, s)).collect();
     let mut delivered = BTreeMap::new();
     for (local, count) in expect_delivered {
@@ -146,7 +146,10 @@ fn run(
             "{lang} {name}: messages for {local}@example.com; log:\n{}",
             server.log_text()
         );
-        let mut found: Vec<String> = found.iter().map(|m| without_received(m)).collect();
+        let mut found: Vec<String> = found
+            .iter()
+            .map(|m| without_received(&String::from_utf8_lossy(m)))
+            .collect();
         found.sort();
         delivered.insert((*local).to_string(), found);
     }
@@ -508,7 +511,7 @@ fn access_declares_the_same_configured_stages_in_every_language() {
                 "[[policy]]\nname = \"access\"\npath = {:?}\nmax_memory = \"128MiB\"\ntimeout = \"1s\"\n[policy.config]\n{config}\n",
                 wasm.display().to_string()
             );
-            let server = sandbox.start(&sandbox.config(&policy));
+            let server = sandbox.start_toml(&gateway_config(&sandbox, &policy), 2);
             let declared: Vec<String> = server
                 .log_text()
                 .lines()

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sluice_policy_build::{BuiltPolicy, POLICIES, POLICY_TARGET_DIR, WORKSPACE};
+use sluice_test_kit::sluice_bin;
 use wasmparser::{Encoding, Parser, Payload};
 
 /// Folders of `policies/` that hold policies in other languages.
@@ -170,22 +171,6 @@ fn every_policy_has_unit_tests() {
             policy.dir_name
         );
     }
-}
-
-/// `target/debug/sluice` (the test binary lives in `target/debug/deps/`).
-fn sluice_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join(format!("sluice{}", std::env::consts::EXE_SUFFIX)))
-        .unwrap_or_default();
-    assert!(
-        bin.is_file(),
-        "the gateway binary {} is missing: `cargo test --workspace` builds it (or `cargo build -p sluice`)",
-        bin.display()
-    );
-    bin
 }
 
 #[test]

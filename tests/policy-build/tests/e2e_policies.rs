@@ -11,44 +11,15 @@
 //! only the first start after a policy changes pays for compiling it.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::net::TcpListener;
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
 use sluice_policy_build::{POLICY_TARGET_DIR, policy};
-
-/// How long a server may take to listen (a debug build compiles each
-/// policy that is not in the cache yet: seconds).
-const STARTUP: Duration = Duration::from_secs(60);
-/// How long one SMTP reply may take.
-const REPLY: Duration = Duration::from_secs(15);
-/// How long a delivery may take to show up.
-const DELIVERY: Duration = Duration::from_secs(20);
-
-// ---------------------------------------------------------------------------
-// The gateway
-
-/// `target/debug/sluice` (this test runs from `target/debug/deps/`).
-fn sluice_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join(format!("sluice{}", std::env::consts::EXE_SUFFIX)))
-        .unwrap_or_default();
-    assert!(
-        bin.is_file(),
-        "the gateway binary {} is missing: `cargo test --workspace` builds it (or `cargo build -p sluice`)",
-        bin.display()
-    );
-    bin
-}
+use sluice_test_kit::{DELIVERY, PolicyGateway, Sandbox, Smtp};
 
 /// The component of `policies/<dir>`.
 fn wasm(dir: &str) -> &'static str {
@@ -57,344 +28,24 @@ fn wasm(dir: &str) -> &'static str {
         .wasm
 }
 
-/// A temporary folder with the config and the data folder of one server.
-struct Sandbox {
-    dir: tempfile::TempDir,
-}
-
-impl Sandbox {
-    fn new() -> Sandbox {
-        Sandbox {
-            dir: tempfile::Builder::new()
-                .prefix("sluice-policy-e2e-")
-                .tempdir()
-                .unwrap_or_else(|e| panic!("temp dir: {e}")),
-        }
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// The common part of a config: one plain listener, then a PROXY
-    /// listener trusting loopback when `proxy`; `rest` is appended (the
-    /// `[[policy]]` entries, `[dns.a]`, …).
-    fn config(&self, proxy: bool, deliver: bool, rest: &str) -> String {
-        let mut t = String::new();
-        let _ = writeln!(t, "data_dir = {:?}", self.data_dir().display().to_string());
-        t.push_str("hostname = \"mx.test.example\"\nlocal_domains = [\"example.com\"]\n");
-        t.push_str(
-            "relay_networks = [\"127.0.0.0/8\"]\n\n[[listener]]\naddress = \"127.0.0.1:0\"\n",
-        );
-        if proxy {
-            t.push_str(
-                "\n[[listener]]\naddress = \"127.0.0.1:0\"\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
-            );
-        }
-        let _ = writeln!(t, "\n[queue]\ndeliver = {deliver}");
-        t.push_str("\n[delivery]\nconnect_timeout = \"2s\"\n");
-        let cache = Path::new(POLICY_TARGET_DIR).join("engine-cache");
-        let _ = writeln!(
-            t,
-            "\n[policy_engine]\ncache_dir = {:?}\nmax_instances = 64\nmax_memory = \"64MiB\"",
-            cache.display().to_string()
-        );
-        t.push('\n');
-        t.push_str(rest);
-        t
-    }
-
-    /// Write the config and start a server with `listeners` listeners.
-    fn start(&self, config: &str, listeners: usize) -> Server {
-        let path = self.dir.path().join("sluice.toml");
-        std::fs::write(&path, config).unwrap_or_else(|e| panic!("write config: {e}"));
-        Server::start(&path, listeners)
-    }
-
-    /// The files delivered to `local@domain`'s Maildir.
-    fn maildir(&self, domain: &str, local: &str) -> Vec<Vec<u8>> {
-        let dir = self
-            .data_dir()
-            .join("mail")
-            .join(domain)
-            .join(local)
-            .join("new");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .filter_map(|e| std::fs::read(e.path()).ok())
-            .collect()
-    }
-
-    /// Wait (bounded) for `count` messages in a Maildir.
-    fn wait_maildir(&self, domain: &str, local: &str, count: usize) -> Vec<Vec<u8>> {
-        let deadline = Instant::now() + DELIVERY;
-        loop {
-            let found = self.maildir(domain, local);
-            if found.len() >= count || Instant::now() >= deadline {
-                return found;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The envelopes (`*.json`) in the spool's queue.
-    fn spooled_envelopes(&self) -> Vec<Value> {
-        let dir = self.data_dir().join("spool").join("queue");
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .filter_map(|p| std::fs::read(p).ok())
-            .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
-            .collect()
-    }
-}
-
-/// A running `sluice serve`, killed and reaped on drop.
-struct Server {
-    child: Child,
-    addrs: Vec<SocketAddr>,
-    logs: Arc<Mutex<Vec<String>>>,
-    reader: Option<thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(config: &Path, listeners: usize) -> Server {
-        let mut child = Command::new(sluice_bin())
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .args(["--log-format", "json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn sluice serve: {e}"));
-        let stderr = child
-            .stderr
-            .take()
-            .unwrap_or_else(|| panic!("piped stderr"));
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&logs);
-        let (tx, rx) = mpsc::channel::<String>();
-        // Drains the log until the process exits, so the pipe never fills.
-        let reader = thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(mut logs) = sink.lock() {
-                    logs.push(line.clone());
-                }
-                let _ = tx.send(line);
-            }
-        });
-        let mut server = Server {
-            child,
-            addrs: Vec::new(),
-            logs,
-            reader: Some(reader),
-        };
-        let deadline = Instant::now() + STARTUP;
-        while server.addrs.len() < listeners {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left.min(Duration::from_millis(200))) {
-                Ok(line) => {
-                    let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-                    if v["fields"]["message"] == "listening"
-                        && let Some(addr) =
-                            v["fields"]["address"].as_str().and_then(|a| a.parse().ok())
-                    {
-                        server.addrs.push(addr);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Ok(Some(status)) = server.child.try_wait() {
-                        thread::sleep(Duration::from_millis(100));
-                        panic!(
-                            "sluice exited during startup ({status}); log:\n{}",
-                            server.log_text()
-                        );
-                    }
-                    assert!(
-                        !left.is_zero(),
-                        "sluice did not listen within {STARTUP:?}; log:\n{}",
-                        server.log_text()
-                    );
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    thread::sleep(Duration::from_millis(100));
-                    panic!(
-                        "sluice closed its log during startup; log:\n{}",
-                        server.log_text()
-                    );
-                }
-            }
-        }
-        server
-    }
-
-    fn addr(&self, i: usize) -> SocketAddr {
-        self.addrs[i]
-    }
-
-    fn log_lines(&self) -> Vec<String> {
-        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    fn log_text(&self) -> String {
-        self.log_lines().join("\n")
-    }
-
-    /// JSON log records whose message is `message`.
-    fn records(&self, message: &str) -> Vec<Value> {
-        self.log_lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["fields"]["message"] == message)
-            .collect()
-    }
-
-    /// Wait (bounded) for a record with this message that `pred` accepts.
-    fn wait_record(&self, message: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + DELIVERY;
-        loop {
-            if let Some(v) = self.records(message).into_iter().find(&pred) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {message:?} log record as expected within {DELIVERY:?}; log:\n{}",
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Whether a log line contains `needle`.
-    fn logged(&self, needle: &str) -> bool {
-        self.log_lines().iter().any(|l| l.contains(needle))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-    }
+/// The config of these tests: one plain listener, then a PROXY listener
+/// trusting loopback when `proxy`; `rest` is appended (the `[[policy]]`
+/// entries, `[dns.a]`, …).
+fn config(sandbox: &Sandbox, proxy: bool, deliver: bool, rest: &str) -> String {
+    let cache = Path::new(POLICY_TARGET_DIR).join("engine-cache");
+    let gw = PolicyGateway {
+        proxy,
+        deliver,
+        quiet_dns: false,
+        engine_cache: &cache,
+        max_instances: 64,
+        max_memory: "64MiB",
+    };
+    sandbox.policy_config(&gw, rest)
 }
 
 // ---------------------------------------------------------------------------
-// A raw SMTP client
-
-struct Smtp {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-/// One reply: the code and its lines joined by newlines.
-#[derive(Debug)]
-struct Reply {
-    code: u16,
-    text: String,
-}
-
-impl Smtp {
-    /// Connect and read the greeting.
-    fn connect(addr: SocketAddr) -> (Smtp, Reply) {
-        Smtp::connect_with(addr, None)
-    }
-
-    /// Connect, send a PROXY v1 header claiming `client` if given, and
-    /// read the greeting.
-    fn connect_with(addr: SocketAddr, client: Option<&str>) -> (Smtp, Reply) {
-        let stream = TcpStream::connect_timeout(&addr, REPLY)
-            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        stream
-            .set_read_timeout(Some(REPLY))
-            .unwrap_or_else(|e| panic!("{e}"));
-        stream
-            .set_write_timeout(Some(REPLY))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let reader = BufReader::new(stream.try_clone().unwrap_or_else(|e| panic!("{e}")));
-        let mut smtp = Smtp { stream, reader };
-        if let Some(ip) = client {
-            smtp.send(&format!("PROXY TCP4 {ip} 127.0.0.1 5555 25"));
-        }
-        let greeting = smtp.reply();
-        (smtp, greeting)
-    }
-
-    fn send(&mut self, line: &str) {
-        self.stream
-            .write_all(format!("{line}\r\n").as_bytes())
-            .unwrap_or_else(|e| panic!("send {line:?}: {e}"));
-    }
-
-    fn reply(&mut self) -> Reply {
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            match self.reader.read_line(&mut line) {
-                Ok(0) => panic!("connection closed while waiting for a reply (so far {text:?})"),
-                Ok(_) => {}
-                Err(e) => panic!("reading a reply: {e} (so far {text:?})"),
-            }
-            let line = line.trim_end();
-            let code = line
-                .get(..3)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or_else(|| panic!("not a reply line: {line:?}"));
-            if !text.is_empty() {
-                text.push('\n');
-            }
-            text.push_str(line.get(4..).unwrap_or(""));
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Reply { code, text };
-            }
-        }
-    }
-
-    /// Send a command; its reply.
-    fn cmd(&mut self, line: &str) -> Reply {
-        self.send(line);
-        self.reply()
-    }
-
-    /// Send a command and expect this reply code.
-    fn expect(&mut self, line: &str, code: u16) -> Reply {
-        let reply = self.cmd(line);
-        assert_eq!(reply.code, code, "{line} got {reply:?}");
-        reply
-    }
-
-    /// DATA with this message (LF line ends become CRLF); the final reply.
-    fn data(&mut self, message: &str) -> Reply {
-        self.expect("DATA", 354);
-        let mut body = message.replace('\n', "\r\n");
-        if !body.ends_with("\r\n") {
-            body.push_str("\r\n");
-        }
-        body.push_str(".\r\n");
-        self.stream
-            .write_all(body.as_bytes())
-            .unwrap_or_else(|e| panic!("send message: {e}"));
-        self.reply()
-    }
-
-    /// After a refused connection: whether the server closed it.
-    fn closed(&mut self) -> bool {
-        let mut buf = [0u8; 64];
-        matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
-    }
-}
+// Test helpers
 
 /// A loopback port where nothing listens.
 fn closed_port() -> u16 {
@@ -436,7 +87,7 @@ reject_text = "Access denied by policy"
 "#,
         wasm("access")
     );
-    let server = sandbox.start(&sandbox.config(true, true, &policy), 2);
+    let server = sandbox.start_toml(&config(&sandbox, true, true, &policy), 2);
 
     // Connect: a denied network is refused and disconnected; the allowed
     // exception inside it gets the greeting.
@@ -493,7 +144,7 @@ messages_per_ip = 1
 "#,
         path = wasm("rate-limit")
     );
-    let server = sandbox.start(&sandbox.config(false, false, &policies), 1);
+    let server = sandbox.start_toml(&config(&sandbox, false, false, &policies), 1);
 
     let (mut c, _) = Smtp::connect(server.addr(0));
     c.expect("EHLO client.example", 250);
@@ -549,7 +200,7 @@ codes = ["127.0.0.2"]
             ("8.113.0.203.zen.test", &[]),
         ])
     );
-    let server = sandbox.start(&sandbox.config(true, true, &rest), 2);
+    let server = sandbox.start_toml(&config(&sandbox, true, true, &rest), 2);
 
     let (mut listed, greeting) = Smtp::connect_with(server.addr(1), Some("203.0.113.7"));
     assert_eq!(greeting.code, 554, "{greeting:?}");
@@ -598,7 +249,7 @@ action = "tag"
         // server and fail temporarily.
         dns(&[("7.113.0.203.zen.test", &["127.0.0.2"])])
     );
-    let server = sandbox.start(&sandbox.config(true, true, &rest), 2);
+    let server = sandbox.start_toml(&config(&sandbox, true, true, &rest), 2);
 
     let (mut c, greeting) = Smtp::connect_with(server.addr(1), Some("203.0.113.7"));
     assert_eq!(greeting.code, 220, "{greeting:?}");
@@ -657,7 +308,7 @@ text = "held for review"
 "#,
         wasm("header-rules")
     );
-    let server = sandbox.start(&sandbox.config(false, true, &policy), 1);
+    let server = sandbox.start_toml(&config(&sandbox, false, true, &policy), 1);
 
     let (mut c, _) = Smtp::connect(server.addr(0));
     c.expect("EHLO client.example", 250);
@@ -726,7 +377,7 @@ local_domains = ["example.com", "*.corp.example"]
         wasm("domain-router"),
         dns(&[("relay.partner.test", &["127.0.0.1"])])
     );
-    let server = sandbox.start(&sandbox.config(false, true, &policy), 1);
+    let server = sandbox.start_toml(&config(&sandbox, false, true, &policy), 1);
 
     let (mut c, _) = Smtp::connect(server.addr(0));
     c.expect("EHLO client.example", 250);

@@ -6,31 +6,16 @@
 //! Each `sluice test` run is bounded in time and killed (by PID) past it.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_policy_build::{POLICIES, POLICY_TARGET_DIR};
+use sluice_test_kit::sluice_bin;
 
 /// How long one suite may run (a debug gateway compiles each component
 /// that is not in the cache yet: seconds).
 const SUITE_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// `target/debug/sluice` (this test runs from `target/debug/deps/`).
-fn sluice_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join(format!("sluice{}", std::env::consts::EXE_SUFFIX)))
-        .unwrap_or_default();
-    assert!(
-        bin.is_file(),
-        "the gateway binary {} is missing: `cargo test --workspace` builds it (or `cargo build -p sluice`)",
-        bin.display()
-    );
-    bin
-}
 
 /// The `name = "…"` of every `[[policy]]` of a suite config.
 fn policy_names(config: &str) -> Vec<String> {
