@@ -239,12 +239,13 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// The `guest/` folder of a Sluice checkout at or above `dir`, if any.
+/// The `guest/` folder (the SDKs, one folder per language) of a Sluice
+/// checkout at or above `dir`, if any.
 fn repo_guest(dir: &Path) -> Option<PathBuf> {
     let dir = std::path::absolute(dir).ok()?;
     dir.ancestors()
         .map(|a| a.join("guest"))
-        .find(|g| g.join("Cargo.toml").is_file() && g.join("python/sluice_policy").is_dir())
+        .find(|g| g.join("rust/Cargo.toml").is_file() && g.join("python/sluice_policy").is_dir())
 }
 
 /// Make a new policy called `name` in `dir` (default `./NAME`), which must
@@ -276,12 +277,13 @@ pub fn new_policy(lang: Lang, name: &str, dir: Option<&Path>) -> anyhow::Result<
     if lang == Lang::Rust {
         // The Rust SDK is not on crates.io: point at this checkout's.
         let guest = repo_guest(&dir)
+            .map(|g| g.join("rust"))
             .or_else(|| {
-                let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest");
+                let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/rust");
                 built.join("Cargo.toml").is_file().then_some(built)
             })
             .context(
-                "cannot find the Rust SDK (guest/ of a Sluice checkout) for the new policy's Cargo.toml",
+                "cannot find the Rust SDK (guest/rust/ of a Sluice checkout) for the new policy's Cargo.toml",
             )?;
         let guest = std::fs::canonicalize(&guest)
             .with_context(|| format!("resolving {}", guest.display()))?;

@@ -1,8 +1,8 @@
-//! Builds every policy in `policies/` as a WebAssembly component, so that
+//! Builds every Rust policy in `policies/rust/` as a WebAssembly component, so that
 //! no policy can exist in the repository without being built (and, through
 //! this crate's tests, checked and run through the gateway).
 //!
-//! For each `policies/*/Cargo.toml` it runs one nested
+//! For each `policies/rust/*/Cargo.toml` it runs one nested
 //!
 //! ```text
 //! cargo build --release --target wasm32-wasip2 --locked -p POLICY... \
@@ -53,7 +53,7 @@ const SCRUBBED_ENV: &[&str] = &[
 
 /// One policy crate.
 struct PolicyCrate {
-    /// Its folder name in `policies/`.
+    /// Its folder name in `policies/rust/`.
     dir_name: String,
     /// Its package name.
     package: String,
@@ -81,7 +81,7 @@ fn package_name(manifest: &Path) -> String {
         .unwrap_or_else(|| fail(&format!("{} has no [package] name", manifest.display())))
 }
 
-/// Every `policies/*/` folder with a `Cargo.toml`, by folder name.
+/// Every `policies/rust/*/` folder with a `Cargo.toml`, by folder name.
 fn find_policies(root: &Path) -> Vec<PolicyCrate> {
     let entries = std::fs::read_dir(root)
         .unwrap_or_else(|e| fail(&format!("cannot list {}: {e}", root.display())));
@@ -167,7 +167,7 @@ fn build(workspace: &Path, target_dir: &Path, policies: &[PolicyCrate]) {
             );
         }
         if stderr.contains("did not match any packages") {
-            message.push_str(" (is every policies/* folder a workspace member?)");
+            message.push_str(" (is every policies/rust/* folder a workspace member?)");
         }
         let _ = write!(message, "\n--- {cmd:?} ---\n{stderr}");
         fail(&message);
@@ -216,7 +216,7 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
 
-    let policies = find_policies(&workspace.join("policies"));
+    let policies = find_policies(&workspace.join("policies/rust"));
     let target_dir = policy_target_dir(&workspace);
     if !policies.is_empty() {
         build(&workspace, &target_dir, &policies);
@@ -236,13 +236,13 @@ fn main() {
         target_dir.display().to_string()
     );
     out.push_str(
-        "/// Every policy in `policies/`, built.\npub const POLICIES: &[BuiltPolicy] = &[\n",
+        "/// Every Rust policy in `policies/rust/`, built.\npub const POLICIES: &[BuiltPolicy] = &[\n",
     );
     for policy in &policies {
         let wasm = release.join(format!("{}.wasm", policy.package.replace('-', "_")));
         if !wasm.is_file() {
             fail(&format!(
-                "policies/{} built, but {} is missing: its [lib] needs crate-type = [\"cdylib\", \"rlib\"]",
+                "policies/rust/{} built, but {} is missing: its [lib] needs crate-type = [\"cdylib\", \"rlib\"]",
                 policy.dir_name,
                 wasm.display()
             ));

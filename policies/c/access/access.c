@@ -1,6 +1,6 @@
 /* access in C: allow and deny lists for the client address, the HELO
  * name, the sender and the recipients, with the configuration keys of the
- * Rust policy `policies/access` (see its README for the patterns). It
+ * Rust policy `policies/rust/access` (see its README for the patterns). It
  * behaves as the Rust policy does (case is folded for ASCII letters, as
  * there), which tests/lang-policies checks session by session through the
  * gateway; only the error texts for a malformed config are shorter.

@@ -1,6 +1,6 @@
 // access in JavaScript: allow and deny lists for the client address, the
 // HELO name, the sender and the recipients, with the configuration of the
-// Rust policy `policies/access` (see its README for every key and pattern).
+// Rust policy `policies/rust/access` (see its README for every key and pattern).
 //
 // At each stage an allow match wins over a deny match; an allowed value
 // gets "continue" (or "accept" with `allow_action = "accept"`), a denied one

@@ -1,5 +1,5 @@
 // header-rules in JavaScript: Postfix `header_checks` as a policy, with the
-// configuration of the Rust policy `policies/header-rules` (see its README):
+// configuration of the Rust policy `policies/rust/header-rules` (see its README):
 // an ordered list of rules, each a header field name (or `*`), a regular
 // expression and an action (reject, discard, quarantine, add_header,
 // remove_header), checked at the data stage.

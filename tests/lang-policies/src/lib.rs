@@ -135,7 +135,7 @@ pub fn build(dir: &Path, out: &Path) {
 pub fn component(lang: &str, name: &str) -> PathBuf {
     if lang == "rust" {
         let p = sluice_policy_build::policy(name)
-            .unwrap_or_else(|| panic!("policies/{name} (Rust) was not built"));
+            .unwrap_or_else(|| panic!("policies/rust/{name} was not built"));
         return PathBuf::from(p.wasm);
     }
     let dir = workspace().join("policies").join(lang).join(name);

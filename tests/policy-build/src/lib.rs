@@ -1,6 +1,6 @@
-//! The policies of `policies/`, built.
+//! The Rust policies of `policies/rust/`, built.
 //!
-//! This crate's build script compiles every policy crate in `policies/`
+//! This crate's build script compiles every policy crate in `policies/rust/`
 //! for `wasm32-wasip2` (a nested cargo build into `target/policies/`), so
 //! `cargo test --workspace` (and `cargo build`, `cargo clippy`) fails when a
 //! policy does not build. Its tests then check each component:
@@ -32,7 +32,7 @@ pub struct BuiltPolicy {
 
 include!(concat!(env!("OUT_DIR"), "/policies.rs"));
 
-/// The built policy in the folder `policies/<dir_name>`, if any.
+/// The built policy in the folder `policies/rust/<dir_name>`, if any.
 #[must_use]
 pub fn policy(dir_name: &str) -> Option<&'static BuiltPolicy> {
     POLICIES.iter().find(|p| p.dir_name == dir_name)

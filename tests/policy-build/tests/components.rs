@@ -9,16 +9,13 @@ use sluice_policy_build::{BuiltPolicy, POLICIES, POLICY_TARGET_DIR, WORKSPACE};
 use sluice_test_kit::sluice_bin;
 use wasmparser::{Encoding, Parser, Payload};
 
-/// Folders of `policies/` that hold policies in other languages.
-const LANGUAGE_FOLDERS: &[&str] = &["python", "js", "c"];
-
 /// The interface every policy exports.
 const EXPORT: &str = "sluice:policy/policy@0.1.0";
 
 fn read(policy: &BuiltPolicy) -> Vec<u8> {
     std::fs::read(policy.wasm).unwrap_or_else(|e| {
         panic!(
-            "policies/{}: cannot read its component {}: {e} (it is built by this crate's build \
+            "policies/rust/{}: cannot read its component {}: {e} (it is built by this crate's build \
              script; `touch policies` makes it run again)",
             policy.dir_name, policy.wasm
         )
@@ -27,14 +24,12 @@ fn read(policy: &BuiltPolicy) -> Vec<u8> {
 
 #[test]
 fn every_policy_folder_has_a_built_component() {
-    let root = Path::new(WORKSPACE).join("policies");
+    let root = Path::new(WORKSPACE).join("policies/rust");
     let mut folders: Vec<String> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()))
         .filter_map(Result::ok)
         .filter(|entry| entry.path().is_dir())
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        // Policies in other languages, built and tested by tests/lang-policies.
-        .filter(|name| !LANGUAGE_FOLDERS.contains(&name.as_str()))
         .collect();
     folders.sort();
     let built: Vec<&str> = POLICIES.iter().map(|p| p.dir_name).collect();
@@ -52,7 +47,7 @@ fn every_policy_folder_has_a_built_component() {
         // A component, not a core module: magic, then version 0x0d, layer 1.
         assert!(
             bytes.starts_with(b"\0asm\x0d\0\x01\0"),
-            "policies/{}: {} is not a WebAssembly component",
+            "policies/rust/{}: {} is not a WebAssembly component",
             policy.dir_name,
             policy.wasm
         );
@@ -112,10 +107,10 @@ fn every_component_is_a_policy_for_this_contract() {
     for policy in POLICIES {
         let name = policy.dir_name;
         let found = inspect(&read(policy))
-            .unwrap_or_else(|e| panic!("policies/{name}: the component does not parse: {e}"));
+            .unwrap_or_else(|e| panic!("policies/rust/{name}: the component does not parse: {e}"));
         assert!(
             found.exports.iter().any(|e| e == EXPORT),
-            "policies/{name} does not export {EXPORT}; it exports {:?}",
+            "policies/rust/{name} does not export {EXPORT}; it exports {:?}",
             found.exports
         );
         assert!(
@@ -123,13 +118,13 @@ fn every_component_is_a_policy_for_this_contract() {
                 .stamps
                 .iter()
                 .any(|s| s.starts_with("sluice-guest ") && s.ends_with("; wit sluice:policy@0.1.0")),
-            "policies/{name} carries no sluice-sdk stamp for sluice:policy@0.1.0: {:?}",
+            "policies/rust/{name} carries no sluice-sdk stamp for sluice:policy@0.1.0: {:?}",
             found.stamps
         );
         for import in &found.imports {
             assert!(
                 import.starts_with("sluice:policy/") || import.starts_with("wasi:"),
-                "policies/{name} imports {import}, which the gateway does not provide"
+                "policies/rust/{name} imports {import}, which the gateway does not provide"
             );
         }
     }
@@ -167,7 +162,7 @@ fn every_policy_has_unit_tests() {
             .sum();
         assert!(
             tests > 0,
-            "policies/{} has no #[test]: every policy ships with unit tests (MockHost, MockMessage)",
+            "policies/rust/{} has no #[test]: every policy ships with unit tests (MockHost, MockMessage)",
             policy.dir_name
         );
     }

@@ -21,10 +21,10 @@ use serde_json::Value;
 use sluice_policy_build::{POLICY_TARGET_DIR, policy};
 use sluice_test_kit::{DELIVERY, PolicyGateway, Sandbox, Smtp};
 
-/// The component of `policies/<dir>`.
+/// The component of `policies/rust/<dir>`.
 fn wasm(dir: &str) -> &'static str {
     policy(dir)
-        .unwrap_or_else(|| panic!("policies/{dir} was not built"))
+        .unwrap_or_else(|| panic!("policies/rust/{dir} was not built"))
         .wasm
 }
 

@@ -92,7 +92,7 @@ fn every_policy_suite_passes() {
         let config = dir.join("sluice-test.toml");
         let Ok(text) = std::fs::read_to_string(&config) else {
             failures.push(format!(
-                "policies/{}: no sessions/sluice-test.toml (every policy carries a session suite)",
+                "policies/rust/{}: no sessions/sluice-test.toml (every policy carries a session suite)",
                 p.dir_name
             ));
             continue;
@@ -114,7 +114,7 @@ fn every_policy_suite_passes() {
             .unwrap_or(0);
         if code != Some(0) || !last.ends_with(" passed, 0 failed") || cases < 3 {
             failures.push(format!(
-                "policies/{} suite (exit {code:?}, at least 3 cases wanted):\n{out}{err}",
+                "policies/rust/{} suite (exit {code:?}, at least 3 cases wanted):\n{out}{err}",
                 p.dir_name
             ));
         }
