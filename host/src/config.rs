@@ -395,12 +395,27 @@ pub struct DeliveryConfig {
     pub max_received_headers: usize,
     /// Allow MX hosts that are our own listeners.
     pub allow_mx_to_self: bool,
+    /// Deliver to address-literal recipients (`u@[192.0.2.1]`) at all.
+    pub address_literals: bool,
+    /// Non-public networks (loopback, private, …) address literals may
+    /// reach anyway; public addresses need no entry.
+    pub address_literal_networks: Vec<IpNet>,
     /// TCP connect timeout.
     #[serde(with = "humantime_de")]
     pub connect_timeout: Duration,
     /// How long an idle outbound connection is kept for reuse.
     #[serde(with = "humantime_de")]
     pub idle_connection_time: Duration,
+}
+
+impl DeliveryConfig {
+    /// Where mail for address-literal recipients may go.
+    pub fn literal_rule(&self) -> crate::route::LiteralRule {
+        crate::route::LiteralRule {
+            enabled: self.address_literals,
+            networks: self.address_literal_networks.clone(),
+        }
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -417,6 +432,8 @@ impl Default for DeliveryConfig {
             ca_file: None,
             max_received_headers: 50,
             allow_mx_to_self: false,
+            address_literals: false,
+            address_literal_networks: Vec::new(),
             connect_timeout: Duration::from_secs(30),
             idle_connection_time: Duration::from_secs(5),
         }

@@ -558,3 +558,83 @@ deliver = false
     c.expect("MAIL FROM:<a@elsewhere.example> SIZE=1000", 250);
     c.expect("QUIT", 221);
 }
+
+/// RCPT replies for `rcpts` in one transaction from the relay network.
+fn rcpt_replies(addr: SocketAddr, rcpts: &[&str]) -> Vec<(String, Reply)> {
+    let mut c = SmtpConn::ehlo(addr, "client.example");
+    c.expect("MAIL FROM:<a@origin.example>", 250);
+    let replies = rcpts
+        .iter()
+        .map(|r| (r.to_string(), c.cmd(&format!("RCPT TO:{r}"))))
+        .collect();
+    c.expect("QUIT", 221);
+    replies
+}
+
+#[test]
+fn finding_02_address_literals_are_off_and_never_reach_private_addresses() {
+    use crate::delivery_kit::{Gateway, Sink, SinkOptions, lo, send, wait_delivery};
+    use crate::dnsd::{DnsServer, Zone};
+
+    let (port, sinks) = Sink::start_shared(&[SinkOptions::on(lo(2))]);
+    let dns = DnsServer::start(Zone::new());
+
+    // The default: no literal from the relay network is accepted, so none
+    // can make the gateway connect to loopback, a private network or a
+    // cloud metadata address.
+    let sb = Sandbox::new();
+    let server = Gateway::new(dns.addr(), port).start(&sb);
+    for (rcpt, r) in rcpt_replies(
+        server.addr(0),
+        &[
+            "<u@[127.0.0.2]>",
+            "<u@[IPv6:::1]>",
+            "<u@[10.0.0.1]>",
+            "<u@[169.254.169.254]>",
+        ],
+    ) {
+        assert!(r.is("550 5.7.1"), "{rcpt} from the relay network: {r:?}");
+    }
+    drop(server);
+
+    // Turned on, with 127.0.0.2 allowed: other non-public addresses are
+    // still refused; the allowed one is delivered to.
+    let sb = Sandbox::new();
+    let server = Gateway::new(dns.addr(), port)
+        .delivery("address_literals", "true")
+        .delivery(
+            "address_literal_networks",
+            "[\"127.0.0.2/32\", \"::1/128\"]",
+        )
+        .start(&sb);
+    for (rcpt, r) in rcpt_replies(
+        server.addr(0),
+        &["<u@[10.0.0.1]>", "<u@[IPv6:fe80::1]>", "<u@[127.0.0.3]>"],
+    ) {
+        assert!(r.is("550 5.7.1"), "{rcpt}: {r:?}");
+    }
+    let id = send(
+        server.addr(0),
+        "a@origin.example",
+        &["u@[127.0.0.2]"],
+        b"Subject: literal\r\n\r\nhi\r\n",
+    );
+    wait_delivery(&server, &id, "delivered", Duration::from_secs(20));
+    let got = sinks[0].wait_messages(1, Duration::from_secs(20), &server);
+    assert_eq!(got[0].rcpt_tos(), ["u@[127.0.0.2]"], "{}", got[0].meta);
+
+    // An IPv6 literal is routed (nothing listens on [::1] at that port, so
+    // it is deferred), not bounced as unusable because the router
+    // lower-cased its tag.
+    let id = send(
+        server.addr(0),
+        "a@origin.example",
+        &["u@[IPv6:::1]"],
+        b"Subject: literal 6\r\n\r\nhi\r\n",
+    );
+    let d = wait_delivery(&server, &id, "deferred", Duration::from_secs(20));
+    assert!(
+        !d.to_string().contains("unusable"),
+        "an IPv6 literal is usable: {d}"
+    );
+}

@@ -50,7 +50,11 @@ impl BuiltIn {
     /// The rules `config` sets.
     pub fn from_config(config: &Config) -> Self {
         Self {
-            access: AccessRules::new(config.local_domains.clone(), config.relay_networks.clone()),
+            access: AccessRules::new(
+                config.local_domains.clone(),
+                config.relay_networks.clone(),
+                config.delivery.literal_rule(),
+            ),
             message: MessageRules {
                 max_header_size: usize::try_from(config.limits.max_header_size.0)
                     .unwrap_or(usize::MAX),

@@ -10,7 +10,7 @@ use super::Inner;
 use crate::delivery::Outcome;
 use crate::delivery::client::{ClientError, Connection, OutRcpt, OutboundMessage, RcptResult};
 use crate::dns::{self, MxError, Target};
-use crate::route::{Route, TlsMode};
+use crate::route::{LiteralRefusal, Route, TlsMode};
 use crate::smtp::command::Body;
 use crate::smtp::{Enhanced, Reply};
 use crate::spool::Envelope;
@@ -134,26 +134,28 @@ impl Inner {
                 }
             }
             Route::Mx { domain } => {
-                let targets = if let Some(lit) =
-                    domain.strip_prefix('[').and_then(|d| d.strip_suffix(']'))
-                {
-                    let ip = lit.strip_prefix("IPv6:").unwrap_or(lit).parse::<IpAddr>();
-                    match ip {
-                        Ok(ip) => Ok(vec![Target {
-                            host: domain.clone(),
-                            addrs: vec![ip],
-                        }]),
-                        Err(_) => Err(MxError::Bounce {
-                            status: Enhanced(5, 1, 2),
-                            text: format!("unusable address literal {domain}"),
-                        }),
+                let port = self.cfg.delivery.mx_port;
+                let allow_self = self.cfg.delivery.allow_mx_to_self;
+                let selfs = self.self_addrs.clone();
+                let is_self = move |ip: IpAddr| !allow_self && is_our_address(&selfs, ip, port);
+                // An address literal names the server itself: only where
+                // the literal rule allows (the gate refused the others at
+                // RCPT; this holds for mail queued before a config change
+                // and for routes a policy returns), then the loop check.
+                let literal = domain
+                    .starts_with('[')
+                    .then(|| self.cfg.delivery.literal_rule().check_literal(domain));
+                let targets = match literal {
+                    Some(Err(refusal)) => Err(MxError::Bounce {
+                        status: match refusal {
+                            LiteralRefusal::Unusable(_) => Enhanced(5, 1, 2),
+                            _ => Enhanced(5, 7, 1),
+                        },
+                        text: format!("{domain}: {refusal}"),
+                    }),
+                    Some(Ok(_)) | None => {
+                        dns::mx_targets(self.resolver.as_ref(), domain, &is_self).await
                     }
-                } else {
-                    let port = self.cfg.delivery.mx_port;
-                    let allow_self = self.cfg.delivery.allow_mx_to_self;
-                    let selfs = self.self_addrs.clone();
-                    let is_self = move |ip: IpAddr| !allow_self && is_our_address(&selfs, ip, port);
-                    dns::mx_targets(self.resolver.as_ref(), domain, &is_self).await
                 };
                 match targets {
                     Ok(t) => {
