@@ -638,3 +638,64 @@ fn finding_02_address_literals_are_off_and_never_reach_private_addresses() {
         "an IPv6 literal is usable: {d}"
     );
 }
+
+#[test]
+fn finding_03_concurrent_route_groups_never_lose_delivery_state() {
+    use crate::delivery_kit::{Gateway, Sink, SinkOptions, lo, send};
+    use crate::dnsd::{DnsServer, Zone};
+
+    // Each message has one recipient that is delivered (a.test) and three
+    // that are deferred every time (b, c, d.test), each its own next hop:
+    // four route groups that finish, and persist the envelope, at about
+    // the same moment, attempt after attempt.
+    let (port, sinks) = Sink::start_shared(&[
+        SinkOptions::on(lo(2)),
+        SinkOptions::on(lo(3)),
+        SinkOptions::on(lo(4)),
+        SinkOptions::on(lo(5)),
+    ]);
+    let mut zone = Zone::new();
+    for (i, d) in ["a.test", "b.test", "c.test", "d.test"].iter().enumerate() {
+        let mx = format!("mx.{d}");
+        zone = zone.mx(d, 10, &mx).a(&mx, lo(2 + u8::try_from(i).unwrap()));
+    }
+    let dns = DnsServer::start(zone);
+    let sb = Sandbox::new();
+    let server = Gateway::new(dns.addr(), port).retry("1s", "1s").start(&sb);
+    const MESSAGES: usize = 25;
+    for n in 0..MESSAGES {
+        send(
+            server.addr(0),
+            "a@origin.example",
+            &["ok@a.test", "defer@b.test", "defer@c.test", "defer@d.test"],
+            format!("Subject: race {n}\r\n\r\nhi\r\n").as_bytes(),
+        );
+    }
+    // Every message delivered once, then several more attempts of the
+    // deferred ones (bounded: attempts are 1 s apart).
+    let got = sinks[0].wait_messages(MESSAGES, Duration::from_secs(30), &server);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while server
+        .log_records("delivery")
+        .iter()
+        .filter(|d| d["fields"]["result"] == "deferred")
+        .count()
+        < MESSAGES * 3 * 4
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let got_after = sinks[0].messages();
+    assert_eq!(
+        got_after.len(),
+        MESSAGES,
+        "a delivered recipient was sent again ({} messages at a.test after the retries, {} at first)",
+        got_after.len(),
+        got.len()
+    );
+    assert!(
+        !server.logged("cannot persist"),
+        "a delivery state update failed; log:\n{}",
+        server.log_text()
+    );
+}

@@ -93,6 +93,11 @@ impl Router {
 }
 
 /// Everything the queue's tasks share.
+/// Writes of a message's delivery state before it is kept in memory
+/// instead, and the pause after the first failed one (growing 4×).
+const PERSIST_TRIES: u32 = 4;
+const PERSIST_PAUSE: Duration = Duration::from_millis(50);
+
 struct Inner {
     spool: Arc<dyn Spool>,
     cfg: Config,
@@ -116,6 +121,10 @@ struct Inner {
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
     pool: pool::Pool,
     in_progress: tokio_util_lite::Tracker,
+    /// Delivery state the spool would not take (after retries): used
+    /// instead of the file until a write succeeds, so a delivered
+    /// recipient is never sent again by this process.
+    unsaved: Mutex<HashMap<String, Envelope>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -195,6 +204,7 @@ impl Queue {
             self_addrs: parts.self_addrs,
             chain: parts.chain,
             in_progress: tokio_util_lite::Tracker::default(),
+            unsaved: Mutex::default(),
             cfg,
         };
         Ok(Self {
@@ -446,7 +456,7 @@ impl Inner {
         let owned = id.to_string();
         let loaded = tokio::task::spawn_blocking(move || spool.read(&owned)).await;
         match loaded {
-            Ok(Ok(x)) => Some(x),
+            Ok(Ok((env, msg))) => Some((self.unsaved_state(id).unwrap_or(env), msg)),
             Ok(Err(SpoolError::Io { source, .. }))
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
@@ -556,17 +566,53 @@ impl Inner {
         }
     }
 
+    /// Write the envelope's delivery state to the spool. One writer per
+    /// message: the lock is held until the file is in place, so the route
+    /// groups of a message write one after the other and the last write
+    /// carries every outcome. A failed write is retried; one that keeps
+    /// failing is logged and the state kept in memory (see `unsaved`).
     async fn persist(&self, env: &tokio::sync::Mutex<Envelope>) {
-        let snapshot = env.lock().await.clone();
-        let spool = self.spool.clone();
-        let id = snapshot.id.clone();
-        match tokio::task::spawn_blocking(move || spool.update(&snapshot)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(queue_id = %id, error = %e, "cannot persist delivery state")
+        let guard = env.lock().await;
+        let id = guard.id.clone();
+        let mut pause = PERSIST_PAUSE;
+        for attempt in 1..=PERSIST_TRIES {
+            let spool = self.spool.clone();
+            let snapshot = guard.clone();
+            match tokio::task::spawn_blocking(move || spool.update(&snapshot)).await {
+                Ok(Ok(())) => {
+                    self.lock_unsaved().remove(&id);
+                    return;
+                }
+                Ok(Err(e)) if attempt < PERSIST_TRIES => {
+                    tracing::warn!(queue_id = %id, error = %e, attempt, "cannot persist delivery state; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 4;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(
+                        queue_id = %id,
+                        error = %e,
+                        attempts = attempt,
+                        "cannot persist delivery state; kept in memory, so this process \
+                         sends no recipient twice, but a restart before the spool takes it \
+                         may repeat deliveries"
+                    );
+                    self.lock_unsaved().insert(id, guard.clone());
+                    return;
+                }
+                // The runtime is shutting down.
+                Err(_) => return,
             }
-            Err(_) => {}
         }
+    }
+
+    fn lock_unsaved(&self) -> std::sync::MutexGuard<'_, HashMap<String, Envelope>> {
+        self.unsaved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The delivery state of `id` the spool did not take, if any.
+    fn unsaved_state(&self, id: &str) -> Option<Envelope> {
+        self.lock_unsaved().get(id).cloned()
     }
 
     /// Every recipient is final: bounce the failures (one DSN for the
@@ -641,12 +687,15 @@ impl Inner {
         let spool = self.spool.clone();
         let id = env.id.clone();
         match tokio::task::spawn_blocking(move || spool.remove(&id)).await {
-            Ok(Ok(())) => tracing::info!(
-                queue_id = %env.id,
-                delivered = env.recipients.len() - failed.len(),
-                failed = failed.len(),
-                "message done"
-            ),
+            Ok(Ok(())) => {
+                self.lock_unsaved().remove(&env.id);
+                tracing::info!(
+                    queue_id = %env.id,
+                    delivered = env.recipients.len() - failed.len(),
+                    failed = failed.len(),
+                    "message done"
+                )
+            }
             Ok(Err(e)) => {
                 tracing::error!(queue_id = %env.id, error = %e, "cannot remove finished message")
             }

@@ -311,7 +311,11 @@ impl Spool for FsSpool {
 
     fn update(&self, env: &Envelope) -> Result<(), SpoolError> {
         check_id(&env.id)?;
-        let tmp = self.tmp.join(format!("{}.update.json", env.id));
+        // A name of its own per write: two writers of one message (there
+        // should be one, the queue) never share a half-written file.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.tmp.join(format!("{}.{n}.update.json", env.id));
         let dest = self.queue.join(format!("{}.json", env.id));
         if !dest.exists() {
             return Err(io_err(&dest)(std::io::ErrorKind::NotFound.into()));
