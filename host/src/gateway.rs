@@ -83,6 +83,7 @@ impl Gateway {
             data_dir = %config.data_dir.display(),
             messages = recovery.messages,
             removed_partial = recovery.removed,
+            set_aside = recovery.set_aside,
             group_commit = config.spool.group_commit,
             "spool open"
         );

@@ -431,6 +431,21 @@ fn print_recipients(env: &serde_json::Value) {
 
 fn print_list(answer: &serde_json::Value) {
     let msgs = answer["messages"].as_array().cloned().unwrap_or_default();
+    let corrupt = answer["corrupt"].as_array().cloned().unwrap_or_default();
+    if !corrupt.is_empty() {
+        println!(
+            "{} damaged entr{} set aside in spool/corrupt/ (not delivered):",
+            corrupt.len(),
+            if corrupt.len() == 1 { "y" } else { "ies" }
+        );
+        for c in &corrupt {
+            println!(
+                "  {} {}",
+                c["id"].as_str().unwrap_or("?"),
+                c["reason"].as_str().unwrap_or("")
+            );
+        }
+    }
     if msgs.is_empty() {
         println!("queue is empty");
         return;

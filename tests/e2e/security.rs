@@ -699,3 +699,59 @@ fn finding_03_concurrent_route_groups_never_lose_delivery_state() {
         server.log_text()
     );
 }
+
+#[test]
+fn finding_10_a_damaged_spool_entry_is_set_aside_and_start_up_goes_on() {
+    use crate::delivery_kit::{queue_cli, queue_json};
+    use crate::harness::ServerConfig;
+
+    let sb = Sandbox::new();
+    let cfg = ServerConfig::default();
+    let mut server = sb.start(&cfg);
+    let mut c = SmtpConn::ehlo(server.addr(0), "client.example");
+    let good = c
+        .send_mail(
+            "a@origin.example",
+            &["b@example.com"],
+            b"Subject: good\r\n\r\nhi\r\n",
+        )
+        .queue_id()
+        .expect("queued");
+    c.expect("QUIT", 221);
+    server.kill9();
+
+    // Damage: an envelope that is not JSON (with its body), and a folder
+    // inside spool/tmp.
+    let spool = sb.data_dir().join("spool");
+    let bad = "0123456789abcdef0123456789abcdef";
+    std::fs::write(spool.join(format!("queue/{bad}.json")), b"{ not json").unwrap();
+    std::fs::write(
+        spool.join(format!("queue/{bad}.eml")),
+        b"Subject: x\r\n\r\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(spool.join("tmp/a-folder/inside")).unwrap();
+
+    let _server = sb.restart(cfg.listeners.len());
+    let (ok, out, err) = queue_cli(&sb, &["list"]);
+    assert!(ok, "queue list with a damaged entry: {out}{err}");
+    assert!(out.contains(&good), "the good message is listed: {out}");
+    assert!(
+        out.contains(bad),
+        "the damaged one is shown as set aside: {out}"
+    );
+    let listed = queue_json(&sb, &["list"]);
+    assert_eq!(
+        listed["messages"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    assert_eq!(listed["corrupt"][0]["id"], bad, "{listed}");
+    let (ok, out, err) = queue_cli(&sb, &["retry", "--all"]);
+    assert!(ok, "queue retry --all with a damaged entry: {out}{err}");
+    assert!(
+        spool.join(format!("corrupt/{bad}.json")).is_file()
+            && !spool.join(format!("queue/{bad}.json")).exists(),
+        "the damaged envelope is moved to spool/corrupt/"
+    );
+}

@@ -93,7 +93,13 @@ async fn answer(queue: &Queue, reloader: &Reloader, req: Request) -> Value {
             Err(e) => return json!({ "ok": false, "error": e }),
         },
         Request::PolicyStatus => Ok(reloader.status()),
-        Request::List => queue.list().await.map(|m| json!({ "messages": m })),
+        Request::List => match queue.list().await {
+            Ok(m) => queue
+                .corrupt()
+                .await
+                .map(|c| json!({ "messages": m, "corrupt": c })),
+            Err(e) => Err(e),
+        },
         Request::Show { id } => queue
             .show(&id)
             .await

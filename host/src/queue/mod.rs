@@ -31,7 +31,8 @@ use crate::dns::Resolver;
 use crate::route::{Route, TlsMode};
 use crate::smtp::Enhanced;
 use crate::spool::{
-    ClientInfo, Envelope, NewMessage, RcptState, Recipient, Spool, SpoolError, new_queue_id,
+    ClientInfo, Envelope, NewMessage, RcptState, Recipient, SetAside, Spool, SpoolError,
+    new_queue_id,
 };
 
 pub use schedule::Schedule;
@@ -181,6 +182,7 @@ impl Queue {
                     schedule.at(&id, next_due(&env).unwrap_or(now), false);
                     loaded += 1;
                 }
+                Err(e) if e.is_damage() => set_aside(parts.spool.as_ref(), &id, &e),
                 Err(e) => tracing::error!(id, error = %e, "unreadable envelope left in the queue"),
             }
         }
@@ -274,13 +276,22 @@ impl Queue {
                     Ok(e) => out.push(e),
                     Err(SpoolError::Io { source, .. })
                         if source.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
+                    Err(e) if e.is_damage() => set_aside(spool.as_ref(), &id, &e),
+                    // One entry that cannot be read now (permissions, I/O)
+                    // does not hide the others.
+                    Err(e) => tracing::error!(queue_id = %id, error = %e, "cannot read envelope"),
                 }
             }
             out.sort_by_key(|e| e.received_at);
             Ok(out)
         })
         .await
+    }
+
+    /// The damaged entries set aside in `spool/corrupt/`.
+    pub async fn corrupt(&self) -> Result<Vec<SetAside>, QueueError> {
+        let spool = self.inner.spool.clone();
+        blocking(move || Ok(spool.corrupt()?)).await
     }
 
     /// One message: its envelope and header section.
@@ -462,6 +473,13 @@ impl Inner {
             {
                 None
             }
+            Ok(Err(e)) if e.is_damage() => {
+                let spool = self.spool.clone();
+                let owned = id.to_string();
+                let _ = tokio::task::spawn_blocking(move || set_aside(spool.as_ref(), &owned, &e))
+                    .await;
+                None
+            }
             Ok(Err(e)) => {
                 tracing::error!(queue_id = id, error = %e, "cannot read queued message; retrying later");
                 self.lock_schedule().at(
@@ -480,10 +498,8 @@ impl Inner {
     /// Fail the recipients of a message past its lifetime, or of one
     /// that loops; true when a recipient changed.
     fn expire(&self, env: &mut Envelope, msg: &[u8], now: DateTime<Utc>) -> bool {
-        let lifetime = chrono::Duration::from_std(self.cfg.queue.max_lifetime)
-            .unwrap_or(chrono::Duration::MAX);
         let mut changed = false;
-        if now >= env.received_at + lifetime {
+        if past_lifetime(env.received_at, self.cfg.queue.max_lifetime, now) {
             for r in env.recipients.iter_mut().filter(|r| !r.state.is_final()) {
                 let last = r.diagnostic.clone().unwrap_or_default();
                 record(
@@ -860,8 +876,53 @@ mod tokio_util_lite {
     }
 }
 
+/// Move a damaged entry to `spool/corrupt/`, loudly.
+fn set_aside(spool: &dyn Spool, id: &str, e: &SpoolError) {
+    match spool.set_aside(id, &e.to_string()) {
+        Ok(()) => tracing::error!(
+            queue_id = %id,
+            error = %e,
+            "damaged spool entry set aside in spool/corrupt/; it is not delivered"
+        ),
+        Err(e2) => tracing::error!(
+            queue_id = %id,
+            error = %e,
+            move_error = %e2,
+            "damaged spool entry, and it cannot be set aside"
+        ),
+    }
+}
+
+/// Has a message received at `received_at` outlived `lifetime`? A
+/// lifetime beyond what the calendar holds never ends (no overflow).
+fn past_lifetime(received_at: DateTime<Utc>, lifetime: Duration, now: DateTime<Utc>) -> bool {
+    chrono::Duration::from_std(lifetime)
+        .ok()
+        .and_then(|l| received_at.checked_add_signed(l))
+        .is_some_and(|end| now >= end)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn finding_10_a_lifetime_past_the_calendar_never_ends() {
+        let now = Utc::now();
+        let huge = Duration::from_secs(u64::MAX / 2);
+        assert!(!past_lifetime(now, huge, now));
+        assert!(!past_lifetime(
+            DateTime::<Utc>::MAX_UTC,
+            Duration::from_secs(60),
+            now
+        ));
+        assert!(past_lifetime(
+            now - chrono::Duration::days(6),
+            Duration::from_secs(5 * 86_400),
+            now
+        ));
+        assert!(!past_lifetime(now, Duration::from_secs(5 * 86_400), now));
+    }
+
     use super::*;
 
     #[test]

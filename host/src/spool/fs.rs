@@ -8,7 +8,7 @@ use std::thread;
 
 use tokio::sync::oneshot;
 
-use super::{Envelope, NewMessage, Spool, SpoolError, SpoolFuture};
+use super::{Envelope, NewMessage, SetAside, Spool, SpoolError, SpoolFuture};
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
@@ -24,6 +24,9 @@ pub struct Recovery {
     pub messages: usize,
     /// Files of interrupted writes that were removed.
     pub removed: usize,
+    /// Entries that were neither (a folder inside `tmp/`): moved to
+    /// `corrupt/`.
+    pub set_aside: usize,
 }
 
 /// One message written to `tmp/`, waiting for the shared sync.
@@ -49,6 +52,7 @@ struct Pending {
 pub struct FsSpool {
     tmp: PathBuf,
     queue: PathBuf,
+    corrupt: PathBuf,
     committer: Option<mpsc::Sender<Pending>>,
     _lock: File,
 }
@@ -64,7 +68,8 @@ impl FsSpool {
         let root = data_dir.join("spool");
         let tmp = root.join("tmp");
         let queue = root.join("queue");
-        for d in [&tmp, &queue] {
+        let corrupt = root.join("corrupt");
+        for d in [&tmp, &queue, &corrupt] {
             fs::create_dir_all(d).map_err(io_err(d))?;
         }
         let lock_path = data_dir.join("sluice.lock");
@@ -79,10 +84,24 @@ impl FsSpool {
 
         let mut rec = Recovery::default();
         // Anything in tmp/ is an unfinished write: it never got a 250.
+        // What is not a file (nothing of ours makes folders there) is
+        // moved aside for an operator rather than stopping start-up.
         for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
-            let p = entry.map_err(io_err(&tmp))?.path();
-            fs::remove_file(&p).map_err(io_err(&p))?;
-            rec.removed += 1;
+            let entry = entry.map_err(io_err(&tmp))?;
+            let p = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                move_aside(
+                    &p,
+                    &corrupt,
+                    &format!("tmp-{name}"),
+                    "a folder inside spool/tmp/",
+                )?;
+                rec.set_aside += 1;
+            } else {
+                fs::remove_file(&p).map_err(io_err(&p))?;
+                rec.removed += 1;
+            }
         }
         // In queue/, a message is complete only with both files.
         let mut names: Vec<String> = fs::read_dir(&queue)
@@ -125,6 +144,7 @@ impl FsSpool {
             Self {
                 tmp,
                 queue,
+                corrupt,
                 committer,
                 _lock: lock,
             },
@@ -345,6 +365,76 @@ impl Spool for FsSpool {
         }
         fsync_dir(&self.queue)
     }
+
+    fn set_aside(&self, id: &str, why: &str) -> Result<(), SpoolError> {
+        check_id(id)?;
+        let mut moved = false;
+        for ext in ["json", "eml"] {
+            let p = self.queue.join(format!("{id}.{ext}"));
+            if p.symlink_metadata().is_ok() {
+                let dest = self.corrupt.join(format!("{id}.{ext}"));
+                fs::rename(&p, &dest).map_err(io_err(&p))?;
+                moved = true;
+            }
+        }
+        if moved {
+            write_reason(&self.corrupt, id, why)?;
+            fsync_dir(&self.corrupt)?;
+            fsync_dir(&self.queue)?;
+        }
+        Ok(())
+    }
+
+    fn corrupt(&self) -> Result<Vec<SetAside>, SpoolError> {
+        let mut found: std::collections::BTreeMap<String, SetAside> = Default::default();
+        for entry in fs::read_dir(&self.corrupt).map_err(io_err(&self.corrupt))? {
+            let entry = entry.map_err(io_err(&self.corrupt))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let (stem, ext) = match name.rsplit_once('.') {
+                Some((stem, ext)) if matches!(ext, "json" | "eml" | "reason") => (stem, ext),
+                _ => (name.as_str(), ""),
+            };
+            let e = found.entry(stem.to_string()).or_insert_with(|| SetAside {
+                id: stem.to_string(),
+                reason: String::new(),
+                files: Vec::new(),
+            });
+            if ext == "reason" {
+                e.reason = fs::read_to_string(entry.path())
+                    .unwrap_or_default()
+                    .trim_end()
+                    .to_string();
+            } else {
+                e.files.push(name.clone());
+            }
+        }
+        let mut all: Vec<SetAside> = found.into_values().collect();
+        for e in &mut all {
+            e.files.sort();
+        }
+        Ok(all)
+    }
+}
+
+/// Move `path` (a file or a folder) into `corrupt/` as `name`, with a
+/// `name.reason` note; an existing entry of that name gets a suffix.
+fn move_aside(path: &Path, corrupt: &Path, name: &str, why: &str) -> Result<(), SpoolError> {
+    let mut dest_name = name.to_string();
+    let mut n = 1;
+    while corrupt.join(&dest_name).symlink_metadata().is_ok() {
+        dest_name = format!("{name}-{n}");
+        n += 1;
+    }
+    fs::rename(path, corrupt.join(&dest_name)).map_err(io_err(path))?;
+    write_reason(corrupt, &dest_name, why)?;
+    fsync_dir(corrupt)
+}
+
+/// `corrupt/NAME.reason`: why, and when.
+fn write_reason(corrupt: &Path, name: &str, why: &str) -> Result<(), SpoolError> {
+    let p = corrupt.join(format!("{name}.reason"));
+    let text = format!("{}: {why}\n", chrono::Utc::now().to_rfc3339());
+    fs::write(&p, text).map_err(io_err(&p))
 }
 
 #[cfg(test)]
@@ -436,14 +526,35 @@ mod tests {
         fs::write(q.join("C.json"), b"{}").unwrap();
         fs::write(q.join("D.eml"), b"ok").unwrap();
         fs::write(q.join("D.json"), b"{}").unwrap();
+        fs::create_dir_all(t.join("E/inside")).unwrap();
         let (spool, rec) = FsSpool::open(dir.path(), false, 16).unwrap();
         assert_eq!(
             rec,
             Recovery {
                 messages: 1,
-                removed: 3
+                removed: 3,
+                set_aside: 1,
             }
         );
         assert_eq!(spool.list().unwrap(), ["D"]);
+        let aside = spool.corrupt().unwrap();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(aside[0].id, "tmp-E");
+        assert!(
+            aside[0].reason.contains("a folder inside spool/tmp/"),
+            "{aside:?}"
+        );
+        // D's envelope does not decode: set aside, with both files.
+        assert!(spool.read_envelope("D").unwrap_err().is_damage());
+        spool.set_aside("D", "bad JSON").unwrap();
+        assert!(spool.list().unwrap().is_empty());
+        let d = spool
+            .corrupt()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.id == "D")
+            .unwrap();
+        assert_eq!(d.files, ["D.eml", "D.json"]);
+        assert!(d.reason.ends_with("bad JSON"), "{d:?}");
     }
 }

@@ -8,6 +8,11 @@
 //! at any instant leaves both files or neither in effect: [`FsSpool::open`]
 //! deletes whatever an interrupted write left behind.
 //!
+//! A damaged entry — an envelope that does not decode, a folder where a
+//! file belongs — is never fatal: it is moved to `spool/corrupt/` with a
+//! note of why ([`Spool::set_aside`]), logged, and listed by
+//! `sluice queue list`; the rest of the queue goes on.
+//!
 //! With group commit on, concurrent stores share one filesystem sync and
 //! one directory sync (see [`FsSpool`]).
 
@@ -50,6 +55,22 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
+    /// Is the entry itself damaged (an envelope that does not decode, a
+    /// folder where a file belongs), so that reading it again cannot help?
+    /// Such an entry is set aside, never retried.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            SpoolError::Envelope { .. } => true,
+            SpoolError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::IsADirectory
+                    | std::io::ErrorKind::NotADirectory
+                    | std::io::ErrorKind::InvalidData
+            ),
+            SpoolError::Locked(_) | SpoolError::Closed => false,
+        }
+    }
+
     /// Did the disk (or the user's quota) run out of room? The message is
     /// not stored and nothing of it is left; the client may try later.
     pub fn is_disk_full(&self) -> bool {
@@ -91,6 +112,22 @@ pub trait Spool: Send + Sync + std::fmt::Debug {
     /// Remove a message (blocking). The envelope goes first, so a crash in
     /// between leaves an orphan body that start-up removes.
     fn remove(&self, id: &str) -> Result<(), SpoolError>;
+    /// Move a damaged message out of the queue, with `why`, where an
+    /// operator can look at it; it is never tried again (blocking).
+    fn set_aside(&self, id: &str, why: &str) -> Result<(), SpoolError>;
+    /// The entries set aside, oldest id first (blocking).
+    fn corrupt(&self) -> Result<Vec<SetAside>, SpoolError>;
+}
+
+/// One damaged entry in `spool/corrupt/`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SetAside {
+    /// The queue id (or the name it had in `spool/tmp/`).
+    pub id: String,
+    /// Why it was set aside, with when.
+    pub reason: String,
+    /// Its files and folders in `spool/corrupt/`.
+    pub files: Vec<String>,
 }
 
 /// A new unique, time-ordered queue id (UUIDv7, 32 hex digits).
