@@ -354,6 +354,12 @@ pub struct QueueConfig {
     pub concurrency: usize,
     /// Deliveries in flight per destination.
     pub destination_concurrency: usize,
+    /// What a DSN returns of the original at most (a larger message: its
+    /// header section; a larger header section: cut after a whole field).
+    pub bounce_size_limit: ByteSize,
+    /// DSNs per sender domain per hour; more are not sent (logged). 0: no
+    /// limit.
+    pub max_dsns_per_domain: u32,
 }
 
 impl Default for QueueConfig {
@@ -365,6 +371,9 @@ impl Default for QueueConfig {
             max_lifetime: Duration::from_secs(5 * 86400),
             concurrency: 100,
             destination_concurrency: 10,
+            // As the DSN builder's own default (and Postfix's bounce_size_limit).
+            bounce_size_limit: ByteSize(50 * 1024),
+            max_dsns_per_domain: 100,
         }
     }
 }

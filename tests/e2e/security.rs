@@ -755,3 +755,69 @@ fn finding_10_a_damaged_spool_entry_is_set_aside_and_start_up_goes_on() {
         "the damaged envelope is moved to spool/corrupt/"
     );
 }
+
+#[test]
+fn finding_09_dsns_are_capped_never_to_literals_and_counted_per_domain() {
+    use crate::delivery_kit::{Gateway, maildir, send_raw, wait_done, wait_maildir};
+    use crate::dnsd::{DnsServer, Zone};
+
+    let dns = DnsServer::start(Zone::new());
+    let sb = Sandbox::new();
+    let server = Gateway::new(dns.addr(), 25)
+        .queue("max_dsns_per_domain", "2")
+        .start(&sb);
+    let wait = Duration::from_secs(20);
+
+    // A success report asked for by an address-literal sender: none.
+    let id = send_raw(
+        server.addr(0),
+        "MAIL FROM:<x@[127.0.0.1]>",
+        &["RCPT TO:<carol@example.com> NOTIFY=SUCCESS"],
+        b"Subject: literal sender\r\n\r\nhi\r\n",
+    );
+    wait_done(&server, &id, wait);
+    let refused = server
+        .wait_log("DSN not sent", wait, |v| {
+            v["fields"]["queue_id"] == id.as_str()
+        })
+        .unwrap_or_else(|| panic!("no DSN refusal for {id}; log:\n{}", server.log_text()));
+    assert!(refused.to_string().contains("address literal"), "{refused}");
+
+    // Three messages with a 900 KB header section from one sender
+    // domain, each asking for a success report.
+    let mut headers = Vec::new();
+    for i in 0..900 {
+        headers.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "h".repeat(980)).as_bytes());
+    }
+    let message = [headers.as_slice(), b"Subject: big headers\r\n\r\nhi\r\n"].concat();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(send_raw(
+            server.addr(0),
+            "MAIL FROM:<alice@example.com>",
+            &["RCPT TO:<carol@example.com> NOTIFY=SUCCESS"],
+            &message,
+        ));
+    }
+    for id in &ids {
+        wait_done(&server, id, wait);
+    }
+    let dsns = wait_maildir(&sb, "alice@example.com", 2, wait, &server);
+    server
+        .wait_log("DSN not sent", wait, |v| {
+            v["fields"]["queue_id"] == ids[2].as_str()
+                && v.to_string().contains("max_dsns_per_domain")
+        })
+        .unwrap_or_else(|| panic!("the third DSN was sent; log:\n{}", server.log_text()));
+    std::thread::sleep(Duration::from_millis(500));
+    let dsns_after = maildir(&sb, "alice@example.com");
+    assert_eq!(dsns_after.len(), 2, "two DSNs to example.com this hour");
+    for d in &dsns {
+        assert!(
+            d.len() < 64 * 1024,
+            "a DSN of {} octets for a {}-octet header section",
+            d.len(),
+            headers.len()
+        );
+    }
+}

@@ -11,6 +11,7 @@
 //! attempt in flight at a crash: at-least-once, never zero).
 
 mod deliver;
+mod dsn_limit;
 mod plan;
 mod pool;
 mod schedule;
@@ -126,6 +127,8 @@ struct Inner {
     /// instead of the file until a write succeeds, so a delivered
     /// recipient is never sent again by this process.
     unsaved: Mutex<HashMap<String, Envelope>>,
+    /// DSNs per sender domain this hour.
+    dsn_limit: dsn_limit::DsnLimit,
 }
 
 impl std::fmt::Debug for Inner {
@@ -207,6 +210,7 @@ impl Queue {
             chain: parts.chain,
             in_progress: tokio_util_lite::Tracker::default(),
             unsaved: Mutex::default(),
+            dsn_limit: dsn_limit::DsnLimit::new(cfg.queue.max_dsns_per_domain),
             cfg,
         };
         Ok(Self {
@@ -631,6 +635,35 @@ impl Inner {
         self.lock_unsaved().get(id).cloned()
     }
 
+    /// The DSN of `kind` for the recipients at `which`, unless none may be
+    /// sent: [`dsn::build_with_limit`]'s rules (never to `<>`, only as
+    /// NOTIFY asks), never to an address-literal sender, at most
+    /// `max_dsns_per_domain` per sender domain per hour.
+    fn dsn(
+        &self,
+        env: &Envelope,
+        msg: &[u8],
+        which: &[usize],
+        kind: dsn::DsnKind,
+    ) -> Option<dsn::Dsn> {
+        let limit = usize::try_from(self.cfg.queue.bounce_size_limit.0).unwrap_or(usize::MAX);
+        let d =
+            dsn::build_with_limit(env, msg, which, kind, &self.cfg.hostname, Utc::now(), limit)?;
+        let domain = env.sender.rsplit_once('@').map_or("", |(_, d)| d);
+        let refusal = if domain.starts_with('[') {
+            Some("the sender is an address literal")
+        } else if !self.dsn_limit.allow(domain) {
+            Some("too many DSNs to this sender domain this hour (max_dsns_per_domain)")
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            tracing::warn!(queue_id = %env.id, sender = %env.sender, kind = ?kind, why, "DSN not sent");
+            return None;
+        }
+        Some(d)
+    }
+
     /// Every recipient is final: bounce the failures (one DSN for the
     /// message), then remove it.
     async fn finish(self: &Arc<Self>, env: Envelope, msg: &[u8]) {
@@ -642,14 +675,7 @@ impl Inner {
             .map(|(i, _)| i)
             .collect();
         if !failed.is_empty()
-            && let Some(d) = dsn::build(
-                &env,
-                msg,
-                &failed,
-                dsn::DsnKind::Failure,
-                &self.cfg.hostname,
-                Utc::now(),
-            )
+            && let Some(d) = self.dsn(&env, msg, &failed, dsn::DsnKind::Failure)
         {
             match self.store_local(d.to, d.message, env.params.smtputf8).await {
                 Ok(dsn_id) => {
@@ -682,14 +708,7 @@ impl Inner {
             .map(|(i, _)| i)
             .collect();
         if !local_ok.is_empty()
-            && let Some(d) = dsn::build(
-                &env,
-                msg,
-                &local_ok,
-                dsn::DsnKind::Success,
-                &self.cfg.hostname,
-                Utc::now(),
-            )
+            && let Some(d) = self.dsn(&env, msg, &local_ok, dsn::DsnKind::Success)
         {
             match self.store_local(d.to, d.message, env.params.smtputf8).await {
                 Ok(dsn_id) => {

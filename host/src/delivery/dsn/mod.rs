@@ -18,9 +18,12 @@
 //! What is returned of the original (RFC 3461 §4.3): the whole message as
 //! `message/rfc822` only in a failure report for a message sent with
 //! `RET=FULL`; otherwise (`RET=HDRS`, no `RET`, and every delay or success
-//! report) the header section as `text/rfc822-headers`. The full copy is
-//! not truncated: its size is bounded by the gateway's maximum message
-//! size, which the queue must allow for when it re-queues the report.
+//! report) the header section as `text/rfc822-headers`. Nothing returned
+//! is larger than a limit ([`build_with_limit`]; Postfix's
+//! `bounce_size_limit` plays this part): a larger message is returned as
+//! its header section, a larger header section is cut after the last
+//! whole field that fits. A DSN then never carries back more than the
+//! limit, whatever a sender made the gateway accept.
 //!
 //! When the original's header section, the sender, or anything in the
 //! delivery-status fields is not ASCII, the RFC 6533 types are used instead
@@ -142,6 +145,31 @@ pub fn build(
     reporting_mta: &str,
     now: DateTime<Utc>,
 ) -> Option<Dsn> {
+    build_with_limit(
+        env,
+        original,
+        which,
+        kind,
+        reporting_mta,
+        now,
+        DEFAULT_RETURN_LIMIT,
+    )
+}
+
+/// What [`build`] returns of the original at most, in octets (Postfix's
+/// `bounce_size_limit` default is 50,000).
+pub const DEFAULT_RETURN_LIMIT: usize = 50 * 1024;
+
+/// [`build`], returning at most `limit` octets of the original.
+pub fn build_with_limit(
+    env: &Envelope,
+    original: &[u8],
+    which: &[usize],
+    kind: DsnKind,
+    reporting_mta: &str,
+    now: DateTime<Utc>,
+    limit: usize,
+) -> Option<Dsn> {
     let sender = env.sender.trim();
     if sender.is_empty() || sender == "<>" {
         return None;
@@ -162,7 +190,8 @@ pub fn build(
     }
 
     let mta = host_name(reporting_mta);
-    let full = kind == DsnKind::Failure && env.params.ret == Some(Ret::Full);
+    let full =
+        kind == DsnKind::Failure && env.params.ret == Some(Ret::Full) && original.len() <= limit;
 
     // The three parts' contents first: the boundary must not occur in any.
     let reports: Vec<RcptReport> = selected
@@ -173,7 +202,7 @@ pub fn build(
     let returned = if full {
         normalize(original, false)
     } else {
-        normalize(header_section(original), true)
+        normalize(capped_headers(header_section(original), limit), true)
     };
     let global =
         !env.sender.is_ascii() || !status.is_ascii() || !header_section(&returned).is_ascii();
@@ -298,6 +327,25 @@ pub fn header_section(msg: &[u8]) -> &[u8] {
         }
     }
     msg
+}
+
+/// The header section `h`, or when it is longer than `limit` its fields
+/// up to the last whole one that fits.
+fn capped_headers(h: &[u8], limit: usize) -> &[u8] {
+    if h.len() <= limit {
+        return h;
+    }
+    let mut end = 0;
+    for (start, line, _) in Lines::new(h) {
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        if !continuation {
+            if start > limit {
+                break;
+            }
+            end = start;
+        }
+    }
+    &h[..end]
 }
 
 /// Lines of a byte string, each as `(offset, content, had_line_end)`. A line

@@ -700,3 +700,59 @@ fn never_panics_and_lines_stay_valid() {
         let _ = header_section(&original);
     }
 }
+
+#[test]
+fn finding_09_what_a_dsn_returns_is_capped() {
+    // RET=FULL of a message over the limit: its header section only.
+    let mut e = env("alice@example.org", vec![rcpt("bob@example.net")]);
+    e.params.ret = Some(Ret::Full);
+    let mut big = ORIGINAL.to_vec();
+    for _ in 0..2000 {
+        big.extend_from_slice(b"SECRET-BODY-LINE and more of the same to fill it up\r\n");
+    }
+    let dsn = build_with_limit(&e, &big, &[0], DsnKind::Failure, MTA, t(11, 0), 10_000).unwrap();
+    let p = parse(&dsn);
+    assert_eq!(p.types[2], "text/rfc822-headers");
+    assert!(!contains(&dsn.message, "SECRET-BODY-LINE"));
+    assert!(p.text.contains("header section"), "{}", p.text);
+
+    // A header section over the limit: cut after the last whole field.
+    let mut headers = Vec::new();
+    for i in 0..1000 {
+        headers.extend_from_slice(
+            format!("X-Filler-{i}: {}\r\n\tcontinued {i}\r\n", "f".repeat(60)).as_bytes(),
+        );
+    }
+    let original = [headers.as_slice(), b"Subject: last\r\n\r\nbody\r\n"].concat();
+    let mut r = rcpt("bob@example.net");
+    r.notify = notify(true, false, false);
+    let e = env("alice@example.org", vec![r]);
+    let dsn =
+        build_with_limit(&e, &original, &[0], DsnKind::Success, MTA, t(11, 0), 10_000).unwrap();
+    let p = parse(&dsn);
+    assert!(p.third.len() <= 10_000, "{} octets returned", p.third.len());
+    assert!(p.third.len() > 9_000, "{} octets returned", p.third.len());
+    let text = String::from_utf8_lossy(&p.third);
+    let last = text
+        .lines()
+        .rfind(|l| l.starts_with("X-Filler-"))
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .trim_start_matches("X-Filler-")
+        .to_string();
+    assert!(
+        text.contains(&format!("\tcontinued {last}")),
+        "the last field is whole: {last}"
+    );
+    assert!(
+        dsn.message.len() < 20_000,
+        "{} octets in all",
+        dsn.message.len()
+    );
+
+    // The default limit applies to `build`.
+    let dsn = build(&e, &original, &[0], DsnKind::Success, MTA, t(11, 0)).unwrap();
+    assert!(parse(&dsn).third.len() <= DEFAULT_RETURN_LIMIT);
+}
