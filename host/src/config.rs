@@ -396,6 +396,9 @@ pub struct DeliveryConfig {
     pub relay_username: Option<String>,
     /// AUTH password for the relay host.
     pub relay_password: Option<String>,
+    /// Send the relay credentials over TLS whose certificate did not
+    /// verify (never over plaintext). Off: they go only over verified TLS.
+    pub relay_auth_unverified_tls: bool,
     /// LMTP server (`host:port`) for local delivery instead of Maildir.
     pub lmtp: Option<String>,
     /// Extra PEM trust anchors for verified TLS.
@@ -437,6 +440,7 @@ impl Default for DeliveryConfig {
             relay_tls: crate::route::TlsMode::Opportunistic,
             relay_username: None,
             relay_password: None,
+            relay_auth_unverified_tls: false,
             lmtp: None,
             ca_file: None,
             max_received_headers: 50,
@@ -928,6 +932,12 @@ impl Config {
             return Err(invalid(
                 "relay_username",
                 "relay_username and relay_password go together".into(),
+            ));
+        }
+        if d.relay_username.is_some() && d.relay_tls == crate::route::TlsMode::None {
+            return Err(invalid(
+                "relay_tls",
+                "\"none\" with relay_username: credentials are sent only over TLS".into(),
             ));
         }
         if self.record.max_file_size.0 < 4096 {

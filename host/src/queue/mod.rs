@@ -172,6 +172,7 @@ impl Queue {
             (Some(u), Some(p)) => Some(Credentials {
                 username: u.clone(),
                 password: p.clone(),
+                allow_unverified_tls: cfg.delivery.relay_auth_unverified_tls,
             }),
             _ => None,
         };
@@ -923,6 +924,16 @@ fn past_lifetime(received_at: DateTime<Utc>, lifetime: Duration, now: DateTime<U
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn finding_04_relay_credentials_only_to_the_configured_relay() {
+        let mut d = crate::config::DeliveryConfig::default();
+        assert!(!deliver::is_configured_relay(&d, "smarthost.example", 587));
+        d.relay_host = Some("Smarthost.example:587".into());
+        assert!(deliver::is_configured_relay(&d, "smarthost.example", 587));
+        assert!(!deliver::is_configured_relay(&d, "smarthost.example", 25));
+        assert!(!deliver::is_configured_relay(&d, "attacker.example", 587));
+    }
 
     #[test]
     fn finding_10_a_lifetime_past_the_calendar_never_ends() {

@@ -119,13 +119,20 @@ pub fn load_roots(extra_pem: Option<&Path>) -> Result<RootCertStore, ClientError
     Ok(roots)
 }
 
-/// Credentials for AUTH (RFC 4954), sent only over TLS.
+/// Credentials for AUTH (RFC 4954), sent only over TLS whose certificate
+/// verified for the host name: a connection that carries them is made as
+/// [`TlsMode::Require`](crate::route::TlsMode::Require) whatever its route
+/// says, so a machine in the path cannot take the password by presenting
+/// any certificate. `allow_unverified_tls` is the operator's explicit
+/// opt-out (a relay host with a certificate nobody can verify).
 #[derive(Clone)]
 pub struct Credentials {
     /// The user name (authentication identity).
     pub username: String,
     /// The password.
     pub password: String,
+    /// Send them over TLS whose certificate did not verify (not plaintext).
+    pub allow_unverified_tls: bool,
 }
 
 impl fmt::Debug for Credentials {
@@ -133,6 +140,7 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("username", &self.username)
             .field("password", &"<redacted>")
+            .field("allow_unverified_tls", &self.allow_unverified_tls)
             .finish()
     }
 }

@@ -245,8 +245,10 @@ fn check_address(addr: &str) -> Result<(), ClientError> {
 impl Connection {
     /// Connect to `addr`, read the greeting, EHLO (LHLO when `lmtp`; HELO
     /// if EHLO is refused), STARTTLS as `tls` says, then AUTH when `auth`
-    /// is given (only over TLS). `server_name` is the host name the
-    /// certificate must match in [`TlsMode::Require`], and the SNI.
+    /// is given (only over TLS, and then as [`TlsMode::Require`] unless
+    /// the credentials allow unverified TLS). `server_name` is the host
+    /// name the certificate must match in [`TlsMode::Require`], and the
+    /// SNI.
     pub async fn connect(
         addr: SocketAddr,
         server_name: &str,
@@ -288,6 +290,10 @@ impl Connection {
         }
         c.greeting = greeting;
         c.hello().await?;
+        let tls = match auth {
+            Some(a) if !a.allow_unverified_tls && tls == TlsMode::Opportunistic => TlsMode::Require,
+            _ => tls,
+        };
         match tls {
             TlsMode::None => {}
             TlsMode::Opportunistic => {
@@ -575,12 +581,23 @@ impl Connection {
         self.hello().await
     }
 
-    /// AUTH PLAIN (preferred) or LOGIN, over TLS only.
+    /// AUTH PLAIN (preferred) or LOGIN, over TLS only, verified TLS unless
+    /// the credentials allow otherwise.
     async fn authenticate(&mut self, creds: &Credentials) -> Result<(), ClientError> {
-        if self.tls.is_none() {
-            return Err(ClientError::TlsRequired(
-                "refusing to send credentials in plaintext".into(),
-            ));
+        match &self.tls {
+            None => {
+                return Err(ClientError::TlsRequired(
+                    "refusing to send credentials in plaintext".into(),
+                ));
+            }
+            Some(t) if !t.verified && !creds.allow_unverified_tls => {
+                self.usable = false;
+                return Err(ClientError::TlsRequired(format!(
+                    "refusing to send credentials to {}: its certificate was not verified",
+                    self.server_name
+                )));
+            }
+            Some(_) => {}
         }
         let t = self.timeouts.command;
         let has = |m: &str| self.extensions.auth.iter().any(|a| a == m);

@@ -1094,7 +1094,18 @@ fn creds() -> Credentials {
     Credentials {
         username: "user".into(),
         password: "pass".into(),
+        allow_unverified_tls: false,
     }
+}
+
+/// [`cfg5`] trusting `cert`.
+fn trusting(cert: &TestCert) -> ClientConfig {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("ca.pem");
+    std::fs::write(&pem, &cert.pem).unwrap();
+    let mut c = cfg5();
+    c.tls_roots = Arc::new(load_roots(Some(&pem)).unwrap());
+    c
 }
 
 fn auth_script(ehlo: &'static str, exchange: Vec<Step>) -> Vec<Step> {
@@ -1120,7 +1131,7 @@ async fn auth_plain_over_tls() {
             "250-fake.test\r\n250 AUTH LOGIN PLAIN\r\n",
             vec![Hear("AUTH PLAIN AHVzZXIAcGFzcw=="), Say("235 2.7.0 ok\r\n")],
         ),
-        Some(cert.server),
+        Some(cert.server.clone()),
     )
     .await;
     let c = Connection::connect(
@@ -1129,7 +1140,7 @@ async fn auth_plain_over_tls() {
         TlsMode::Opportunistic,
         false,
         Some(&creds()),
-        &cfg5(),
+        &trusting(&cert),
     )
     .await
     .unwrap();
@@ -1152,7 +1163,7 @@ async fn auth_login_when_only_login() {
                 Say("235 ok\r\n"),
             ],
         ),
-        Some(cert.server),
+        Some(cert.server.clone()),
     )
     .await;
     Connection::connect(
@@ -1161,7 +1172,7 @@ async fn auth_login_when_only_login() {
         TlsMode::Opportunistic,
         false,
         Some(&creds()),
-        &cfg5(),
+        &trusting(&cert),
     )
     .await
     .unwrap();
@@ -1176,7 +1187,7 @@ async fn auth_failed_is_permanent() {
             "250-fake.test\r\n250 AUTH PLAIN\r\n",
             vec![Hear("AUTH PLAIN"), Say("535 5.7.8 bad credentials\r\n")],
         ),
-        Some(cert.server),
+        Some(cert.server.clone()),
     )
     .await;
     let e = Connection::connect(
@@ -1185,7 +1196,7 @@ async fn auth_failed_is_permanent() {
         TlsMode::Opportunistic,
         false,
         Some(&creds()),
-        &cfg5(),
+        &trusting(&cert),
     )
     .await
     .unwrap_err();
@@ -1227,7 +1238,34 @@ async fn auth_without_mechanism() {
     let cert = test_cert("fake.test");
     let (addr, h) = fake::serve(
         auth_script("250-fake.test\r\n250 AUTH CRAM-MD5\r\n", vec![]),
-        Some(cert.server),
+        Some(cert.server.clone()),
+    )
+    .await;
+    let e = Connection::connect(
+        addr,
+        "fake.test",
+        TlsMode::Opportunistic,
+        false,
+        Some(&creds()),
+        &trusting(&cert),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ClientError::AuthUnavailable), "{e:?}");
+    done(h).await;
+}
+
+#[tokio::test]
+async fn finding_04_no_credentials_over_unverified_tls() {
+    // The route says opportunistic; with credentials the certificate must
+    // verify, so a self-signed one (a machine in the path) gets no AUTH.
+    let cert = test_cert("fake.test");
+    let (addr, h) = fake::serve(
+        auth_script(
+            "250-fake.test\r\n250 AUTH PLAIN\r\n",
+            vec![Hear("AUTH PLAIN"), Say("235 2.7.0 ok\r\n")],
+        ),
+        Some(cert.server.clone()),
     )
     .await;
     let e = Connection::connect(
@@ -1240,6 +1278,33 @@ async fn auth_without_mechanism() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(e, ClientError::AuthUnavailable), "{e:?}");
+    assert!(matches!(e, ClientError::TlsRequired(_)), "{e:?}");
+    assert!(!e.is_permanent());
+    let seen = done(h).await;
+    assert!(seen.iter().all(|l| !l.starts_with("AUTH")), "{seen:?}");
+
+    // The explicit opt-out sends them over that TLS (still never plain).
+    let (addr, h) = fake::serve(
+        auth_script(
+            "250-fake.test\r\n250 AUTH PLAIN\r\n",
+            vec![Hear("AUTH PLAIN AHVzZXIAcGFzcw=="), Say("235 2.7.0 ok\r\n")],
+        ),
+        Some(cert.server),
+    )
+    .await;
+    let opt_out = Credentials {
+        allow_unverified_tls: true,
+        ..creds()
+    };
+    Connection::connect(
+        addr,
+        "fake.test",
+        TlsMode::Opportunistic,
+        false,
+        Some(&opt_out),
+        &cfg5(),
+    )
+    .await
+    .unwrap();
     done(h).await;
 }
