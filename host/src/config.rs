@@ -290,6 +290,11 @@ pub struct PolicyEngineConfig {
     /// Time one hook call may spend waiting for host I/O (DNS).
     #[serde(with = "humantime_de")]
     pub host_io_timeout: Duration,
+    /// DNS lookups one hook call may make (answers from the resolver's
+    /// cache count too: the cap is on what a policy asks for).
+    pub max_dns_lookups_per_call: u32,
+    /// DNS lookups one policy may make in one SMTP session.
+    pub max_dns_lookups_per_session: u32,
     /// Preallocate instance slots (pooling allocator): fast instantiation.
     pub pooling: bool,
     /// Instances alive at once, all policies together (each SMTP session
@@ -317,6 +322,8 @@ impl Default for PolicyEngineConfig {
             cache_dir: PathBuf::new(),
             epoch_tick: Duration::from_millis(5),
             host_io_timeout: Duration::from_secs(5),
+            max_dns_lookups_per_call: 20,
+            max_dns_lookups_per_session: 200,
             pooling: true,
             max_instances: 1000,
             max_memory: ByteSize(128 << 20),

@@ -65,7 +65,11 @@
 //!   budget. One call may wait for them at most
 //!   `[policy_engine] host_io_timeout` in all; a lookup gets what is left as
 //!   its timeout, and once it is used up further lookups answer
-//!   `temporary` (not a trap).
+//!   `temporary` (not a trap). The number of lookups is capped too, per
+//!   call (`max_dns_lookups_per_call`) and per policy per session
+//!   (`max_dns_lookups_per_session`), so a policy cannot make the gateway
+//!   send thousands of queries; answers come from the resolver's
+//!   TTL-bound cache when it has them.
 //! - **Wall clock**: every call (and instantiation) is also bounded by
 //!   `tokio::time::timeout(4 × timeout + host_io_timeout)`, a backstop
 //!   against anything the two budgets above do not see (a starved worker,

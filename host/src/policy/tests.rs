@@ -865,6 +865,53 @@ async fn host_lookups_share_one_io_budget_per_call() {
 }
 
 #[tokio::test]
+async fn finding_11_policy_dns_lookups_are_capped_per_call_and_per_session() {
+    // The `basic` guest makes one lookup in each data call.
+    let mut cfg = engine_cfg(&shared_cache());
+    cfg.max_dns_lookups_per_session = 2;
+    let e = Engine::new(&cfg).unwrap();
+    let chain = e
+        .load_chain(&[policy("b", "basic", serde_json::json!({}))], services())
+        .await
+        .unwrap();
+    let mut s = chain.session(info());
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let d = s.data(&env(&[]), MESSAGE).await;
+        seen.push(header(&d, "X-Dns").join(""));
+    }
+    assert!(
+        seen[0].starts_with("ok:") && seen[1].starts_with("ok:"),
+        "{seen:?}"
+    );
+    assert!(
+        seen[2].contains("max_dns_lookups_per_session"),
+        "the third lookup of the session: {seen:?}"
+    );
+    // A new session starts with its own allowance.
+    let d = chain.session(info()).data(&env(&[]), MESSAGE).await;
+    assert!(
+        header(&d, "X-Dns")[0].starts_with("ok:"),
+        "{:?}",
+        header(&d, "X-Dns")
+    );
+
+    let mut cfg = engine_cfg(&shared_cache());
+    cfg.max_dns_lookups_per_call = 0;
+    let e = Engine::new(&cfg).unwrap();
+    let chain = e
+        .load_chain(&[policy("b", "basic", serde_json::json!({}))], services())
+        .await
+        .unwrap();
+    let d = chain.session(info()).data(&env(&[]), MESSAGE).await;
+    assert!(
+        header(&d, "X-Dns")[0].contains("max_dns_lookups_per_call"),
+        "{:?}",
+        header(&d, "X-Dns")
+    );
+}
+
+#[tokio::test]
 async fn compiled_code_is_cached_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = engine_cfg(dir.path());

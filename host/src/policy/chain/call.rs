@@ -153,14 +153,18 @@ impl Chain {
         p: &LoadedPolicy,
         phase: Phase,
     ) -> Result<Instance, CallError> {
+        let session_dns = self.engine.cfg.max_dns_lookups_per_session;
         if p.reuse {
             let idle = p.warm().pop();
-            if let Some(inst) = idle {
+            if let Some(mut inst) = idle {
                 bump(&p.stats.reused);
+                inst.store.data_mut().begin_session(session_dns);
                 return Ok(inst);
             }
         }
-        self.instantiate(p, phase, true).await
+        let mut inst = self.instantiate(p, phase, true).await?;
+        inst.store.data_mut().begin_session(session_dns);
+        Ok(inst)
     }
 
     /// An instance of `pre` (`p`'s component or its snapshot) in a store
@@ -219,7 +223,8 @@ impl Chain {
     /// Start the CPU and I/O budgets of one call.
     pub(crate) fn begin(&self, p: &LoadedPolicy, store: &mut Store<HostState>, phase: Phase) {
         let (ticks, io, _) = self.budgets(p);
-        store.data_mut().begin_call(phase, ticks, io);
+        let dns = self.engine.cfg.max_dns_lookups_per_call;
+        store.data_mut().begin_call(phase, ticks, io, dns);
         store.set_epoch_deadline(1);
     }
 
@@ -256,7 +261,8 @@ impl Chain {
         call: Call<'_>,
     ) -> Result<Answer, CallError> {
         let (ticks, io, wall) = self.budgets(p);
-        inst.store.data_mut().begin_call(phase, ticks, io);
+        let dns = self.engine.cfg.max_dns_lookups_per_call;
+        inst.store.data_mut().begin_call(phase, ticks, io, dns);
         inst.store.set_epoch_deadline(1);
         let r = tokio::time::timeout(wall, invoke(&inst.world, &mut inst.store, call)).await;
         report_output(inst.store.data());

@@ -147,6 +147,9 @@ pub(crate) struct HostState {
     logs: u32,
     pub(crate) logs_dropped: u32,
     io_left: Duration,
+    /// DNS lookups left in this call and in this session.
+    dns_call_left: u32,
+    dns_session_left: u32,
     pub(crate) ticks: u64,
     pub(crate) tick_budget: u64,
     pub(crate) limiter: Limiter,
@@ -198,6 +201,10 @@ impl HostState {
             logs: 0,
             logs_dropped: 0,
             io_left: Duration::ZERO,
+            dns_call_left: 0,
+            // Until a session takes the instance (loading: `init`), only
+            // the per-call cap.
+            dns_session_left: u32::MAX,
             ticks: 0,
             tick_budget: 0,
             limiter: Limiter {
@@ -264,18 +271,31 @@ impl HostState {
         self.tap_record(call, args, r)
     }
 
+    /// Reset the per-session budgets when a session takes the instance.
+    pub(crate) fn begin_session(&mut self, dns_lookups: u32) {
+        self.dns_session_left = dns_lookups;
+    }
+
     /// Reset the per-call budgets before a call.
-    pub(crate) fn begin_call(&mut self, phase: Phase, tick_budget: u64, io: Duration) {
+    pub(crate) fn begin_call(
+        &mut self,
+        phase: Phase,
+        tick_budget: u64,
+        io: Duration,
+        dns_lookups: u32,
+    ) {
         self.phase = phase;
         self.logs = 0;
         self.logs_dropped = 0;
         self.io_left = io;
+        self.dns_call_left = dns_lookups;
         self.ticks = 0;
         self.tick_budget = tick_budget;
         self.limiter.refused = None;
     }
 
-    fn dns_allowed(&self) -> Result<(), HostError> {
+    /// May this call make one more DNS lookup? Counts it when so.
+    fn dns_allowed(&mut self) -> Result<(), HostError> {
         if !self.grants.dns {
             return Err(HostError::AccessDenied);
         }
@@ -284,6 +304,18 @@ impl HostState {
                 "this call's time for host lookups is used up".into(),
             ));
         }
+        if self.dns_call_left == 0 {
+            return Err(HostError::Temporary(
+                "this call's DNS lookups are used up (max_dns_lookups_per_call)".into(),
+            ));
+        }
+        if self.dns_session_left == 0 {
+            return Err(HostError::Temporary(
+                "this session's DNS lookups are used up (max_dns_lookups_per_session)".into(),
+            ));
+        }
+        self.dns_call_left -= 1;
+        self.dns_session_left -= 1;
         Ok(())
     }
 
