@@ -227,6 +227,13 @@ pub struct PolicyConfig {
     /// in, and refuses the version when one fails.
     #[serde(default)]
     pub tests: Option<PathBuf>,
+    /// Keys the policy's key-value namespace may hold (`kv` capability).
+    #[serde(default = "default_kv_entries")]
+    pub kv_max_entries: usize,
+    /// Octets its key-value namespace may hold, keys, values and a fixed
+    /// overhead per entry counted.
+    #[serde(default = "default_kv_memory")]
+    pub kv_max_memory: ByteSize,
     /// Handed to the policy's `init` as a JSON object.
     #[serde(default)]
     pub config: toml::Table,
@@ -332,6 +339,14 @@ impl Default for PolicyEngineConfig {
             init_snapshots: true,
         }
     }
+}
+
+fn default_kv_entries() -> usize {
+    100_000
+}
+
+fn default_kv_memory() -> ByteSize {
+    ByteSize(32 << 20)
 }
 
 fn default_policy_memory() -> ByteSize {

@@ -25,6 +25,8 @@ pub(crate) fn policy(name: &str, path: &Path, config: toml::Table) -> PolicyConf
         candidate_mode: Default::default(),
         canary_percent: 10,
         tests: None,
+        kv_max_entries: 100_000,
+        kv_max_memory: ByteSize(32 << 20),
         config,
     }
 }

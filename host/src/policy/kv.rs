@@ -1,14 +1,25 @@
 //! The embedded key-value store behind `sluice:policy/kv`.
 //!
 //! **Per process and in memory**: nothing is persisted, a restart starts
-//! empty, and two gateways do not share it. Keys are namespaced by policy
-//! name, so every version of one policy sees the same keys and no policy
-//! sees another's. Entries expire after their TTL (checked on access, and
-//! swept when the store is full); `incr` is atomic across concurrent
-//! sessions (one lock, held for the operation only, never across an
-//! `await`).
+//! empty, and two gateways do not share it. Keys live in one namespace
+//! per policy name, so every version of one policy sees the same keys and
+//! no policy sees another's; each namespace has its own quota
+//! ([`Quota`]: entries, and octets counted with a fixed overhead per
+//! entry), so one policy whose keys an attacker chooses (a rate limit on
+//! senders) can fill its own namespace, never the store or another
+//! policy's. A full namespace answers [`KvError::Full`], which the policy
+//! sees as an error it can act on.
+//!
+//! Expiry costs O(log n) amortised per operation: entries with a TTL are
+//! also in a min-heap by expiry; each operation on a namespace first drops
+//! the entries whose time has come (each entry is dropped once), and a
+//! heap grown with superseded entries is rebuilt from the map when it
+//! doubles. Nothing ever scans a whole namespace under the lock on the
+//! way to an answer. `incr` is atomic across concurrent sessions (one
+//! lock, held for the operation only, never across an `await`).
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -16,6 +27,9 @@ use std::time::{Duration, Instant};
 pub(crate) const MAX_KEY: usize = 512;
 /// Largest value, in octets.
 pub(crate) const MAX_VALUE: usize = 64 * 1024;
+/// What one entry costs besides its key and value: the map slot, the
+/// heap entry, the bookkeeping.
+pub(crate) const ENTRY_OVERHEAD: usize = 96;
 
 /// Why a key-value operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,9 +38,28 @@ pub enum KvError {
     /// not a counter.
     #[error("{0}")]
     InvalidArgument(String),
-    /// The store is full (even after removing expired entries).
-    #[error("the key-value store is full")]
-    Full,
+    /// The policy's namespace (or the whole store) is full, even after
+    /// removing expired entries.
+    #[error("the key-value store is full: {0}")]
+    Full(&'static str),
+}
+
+/// How much one policy's namespace may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Keys.
+    pub max_entries: usize,
+    /// Octets of keys and values, [`ENTRY_OVERHEAD`] per entry included.
+    pub max_bytes: usize,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            max_bytes: 32 << 20,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -39,6 +72,8 @@ enum Value {
 struct Entry {
     value: Value,
     expires: Option<Instant>,
+    /// Which heap entry is this entry's (older ones are superseded).
+    generation: u64,
 }
 
 impl Entry {
@@ -46,7 +81,7 @@ impl Entry {
         self.expires.is_none_or(|e| e > now)
     }
 
-    fn size(&self) -> usize {
+    fn value_size(&self) -> usize {
         match &self.value {
             Value::Bytes(b) => b.len(),
             Value::Counter(_) => 4,
@@ -54,10 +89,80 @@ impl Entry {
     }
 }
 
+/// What an entry of `key` holding `e` costs.
+fn cost(key: &str, e: &Entry) -> usize {
+    ENTRY_OVERHEAD + key.len() + e.value_size()
+}
+
+#[derive(Debug, Default)]
+struct Namespace {
+    map: HashMap<String, Entry>,
+    bytes: usize,
+    expiry: BinaryHeap<Reverse<(Instant, u64, String)>>,
+    quota: Option<Quota>,
+}
+
+impl Namespace {
+    /// Drop the entries whose time has come; returns (entries, octets)
+    /// dropped.
+    fn expire(&mut self, now: Instant) -> (usize, usize) {
+        let (mut n, mut b) = (0, 0);
+        while let Some(Reverse((at, _, _))) = self.expiry.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, generation, key))) = self.expiry.pop() else {
+                break;
+            };
+            // A superseded heap entry (the key was set again, or deleted)
+            // is only dropped from the heap.
+            if self
+                .map
+                .get(&key)
+                .is_some_and(|e| e.generation == generation)
+                && let Some(e) = self.map.remove(&key)
+            {
+                let c = cost(&key, &e);
+                self.bytes -= c;
+                n += 1;
+                b += c;
+            }
+        }
+        (n, b)
+    }
+
+    /// Rebuild the heap when superseded entries make it twice the map.
+    fn compact(&mut self) {
+        if self.expiry.len() > 2 * self.map.len() + 1024 {
+            self.expiry = self
+                .map
+                .iter()
+                .filter_map(|(k, e)| e.expires.map(|at| Reverse((at, e.generation, k.clone()))))
+                .collect();
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    map: HashMap<(String, String), Entry>,
+    spaces: HashMap<String, Namespace>,
+    entries: usize,
     bytes: usize,
+    generation: u64,
+}
+
+impl Inner {
+    /// The namespace `name`, its expired entries dropped.
+    fn space(&mut self, name: &str, now: Instant) -> &mut Namespace {
+        if !self.spaces.contains_key(name) {
+            self.spaces.insert(name.to_string(), Namespace::default());
+        }
+        let ns = self.spaces.get_mut(name).expect("just made");
+        let (n, b) = ns.expire(now);
+        self.entries -= n;
+        self.bytes -= b;
+        self.spaces.get_mut(name).expect("just made")
+    }
 }
 
 /// The embedded key-value store (see the module documentation).
@@ -66,6 +171,7 @@ pub struct KvStore {
     inner: Mutex<Inner>,
     max_entries: usize,
     max_bytes: usize,
+    default_quota: Quota,
 }
 
 impl Default for KvStore {
@@ -75,14 +181,27 @@ impl Default for KvStore {
 }
 
 impl KvStore {
-    /// A store holding at most `max_entries` keys and `max_bytes` octets of
-    /// keys and values (all policies together).
+    /// A store holding at most `max_entries` keys and `max_bytes` octets
+    /// (all policies together); a namespace without a quota of its own
+    /// ([`KvStore::set_quota`]) gets [`Quota::default`] within that.
     pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        let q = Quota::default();
         Self {
             inner: Mutex::new(Inner::default()),
             max_entries,
             max_bytes,
+            default_quota: Quota {
+                max_entries: q.max_entries.min(max_entries),
+                max_bytes: q.max_bytes.min(max_bytes),
+            },
         }
+    }
+
+    /// Give the namespace of policy `namespace` its own quota (kept while
+    /// the process runs, across reloads, until set again).
+    pub fn set_quota(&self, namespace: &str, quota: Quota) {
+        let mut inner = self.lock();
+        inner.spaces.entry(namespace.to_string()).or_default().quota = Some(quota);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -108,10 +227,11 @@ impl KvStore {
     pub fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         Self::check_key(key)?;
         let now = Instant::now();
-        let inner = self.lock();
+        let mut inner = self.lock();
         Ok(inner
+            .space(namespace, now)
             .map
-            .get(&(namespace.to_string(), key.to_string()))
+            .get(key)
             .filter(|e| e.live(now))
             .map(|e| match &e.value {
                 Value::Bytes(b) => b.clone(),
@@ -134,17 +254,8 @@ impl KvStore {
             )));
         }
         let now = Instant::now();
-        let entry = Entry {
-            value: Value::Bytes(value),
-            expires: ttl.map(|t| now + t),
-        };
         let mut inner = self.lock();
-        self.insert(
-            &mut inner,
-            (namespace.to_string(), key.to_string()),
-            entry,
-            now,
-        )
+        self.insert(&mut inner, namespace, key, Value::Bytes(value), ttl, now)
     }
 
     /// Add `delta` to the counter at `key` (absent or expired: 0), saturating
@@ -162,9 +273,9 @@ impl KvStore {
     ) -> Result<i32, KvError> {
         Self::check_key(key)?;
         let now = Instant::now();
-        let k = (namespace.to_string(), key.to_string());
         let mut inner = self.lock();
-        if let Some(e) = inner.map.get_mut(&k)
+        let ns = inner.space(namespace, now);
+        if let Some(e) = ns.map.get_mut(key)
             && e.live(now)
         {
             let current = match &e.value {
@@ -176,18 +287,15 @@ impl KvStore {
                         KvError::InvalidArgument(format!("{key:?} does not hold a counter"))
                     })?,
             };
-            let old = e.size();
+            let old = e.value_size();
             let n = current.saturating_add(delta);
             e.value = Value::Counter(n);
-            let new = e.size();
+            let new = e.value_size();
+            ns.bytes = ns.bytes + new - old;
             inner.bytes = inner.bytes + new - old;
             return Ok(n);
         }
-        let entry = Entry {
-            value: Value::Counter(delta),
-            expires: ttl.map(|t| now + t),
-        };
-        self.insert(&mut inner, k, entry, now)?;
+        self.insert(&mut inner, namespace, key, Value::Counter(delta), ttl, now)?;
         Ok(delta)
     }
 
@@ -195,15 +303,22 @@ impl KvStore {
     pub fn delete(&self, namespace: &str, key: &str) -> Result<(), KvError> {
         Self::check_key(key)?;
         let mut inner = self.lock();
-        if let Some(e) = inner.map.remove(&(namespace.to_string(), key.to_string())) {
-            inner.bytes -= e.size() + namespace.len() + key.len();
+        let Some(ns) = inner.spaces.get_mut(namespace) else {
+            return Ok(());
+        };
+        if let Some(e) = ns.map.remove(key) {
+            let c = cost(key, &e);
+            ns.bytes -= c;
+            inner.entries -= 1;
+            inner.bytes -= c;
         }
         Ok(())
     }
 
-    /// Keys currently held (expired ones included until swept).
+    /// Keys currently held, all namespaces (expired ones included until
+    /// their namespace is next used).
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        self.lock().entries
     }
 
     /// Whether the store holds no key.
@@ -214,44 +329,43 @@ impl KvStore {
     fn insert(
         &self,
         inner: &mut Inner,
-        key: (String, String),
-        entry: Entry,
+        namespace: &str,
+        key: &str,
+        value: Value,
+        ttl: Option<Duration>,
         now: Instant,
     ) -> Result<(), KvError> {
-        let cost = key.0.len() + key.1.len() + entry.size();
-        let old = inner
-            .map
-            .get(&key)
-            .map_or(0, |e| key.0.len() + key.1.len() + e.size());
-        let fits = |inner: &Inner| {
-            (inner.map.len() < self.max_entries || old > 0)
-                && inner.bytes - old + cost <= self.max_bytes
+        inner.generation += 1;
+        let generation = inner.generation;
+        let entry = Entry {
+            value,
+            expires: ttl.map(|t| now + t),
+            generation,
         };
-        if !fits(inner) {
-            let before = inner.map.len();
-            inner.map.retain(|_, e| e.live(now));
-            if inner.map.len() != before {
-                inner.bytes = inner
-                    .map
-                    .iter()
-                    .map(|(k, e)| k.0.len() + k.1.len() + e.size())
-                    .sum();
-            }
-            let old_live = inner
-                .map
-                .get(&key)
-                .map_or(0, |e| key.0.len() + key.1.len() + e.size());
-            if !((inner.map.len() < self.max_entries || old_live > 0)
-                && inner.bytes - old_live + cost <= self.max_bytes)
-            {
-                return Err(KvError::Full);
-            }
+        let new = cost(key, &entry);
+        inner.space(namespace, now);
+        let (total_entries, total_bytes) = (inner.entries, inner.bytes);
+        let ns = inner.spaces.get_mut(namespace).expect("made by space()");
+        let quota = ns.quota.unwrap_or(self.default_quota);
+        let old = ns.map.get(key).map(|e| cost(key, e));
+        let adds = usize::from(old.is_none());
+        let old = old.unwrap_or(0);
+        if ns.map.len() + adds > quota.max_entries || ns.bytes - old + new > quota.max_bytes {
+            return Err(KvError::Full(
+                "kv_max_entries / kv_max_memory of the policy",
+            ));
         }
-        let old = inner
-            .map
-            .insert(key.clone(), entry)
-            .map_or(0, |e| key.0.len() + key.1.len() + e.size());
-        inner.bytes = inner.bytes - old + cost;
+        if total_entries + adds > self.max_entries || total_bytes - old + new > self.max_bytes {
+            return Err(KvError::Full("all policies together"));
+        }
+        if let Some(at) = entry.expires {
+            ns.expiry.push(Reverse((at, generation, key.to_string())));
+        }
+        ns.map.insert(key.to_string(), entry);
+        ns.bytes = ns.bytes - old + new;
+        ns.compact();
+        inner.entries += adds;
+        inner.bytes = inner.bytes - old + new;
         Ok(())
     }
 }
@@ -319,7 +433,10 @@ mod tests {
         kv.set("a", "1", vec![], Some(Duration::from_millis(10)))
             .unwrap();
         kv.set("a", "2", vec![], None).unwrap();
-        assert_eq!(kv.set("a", "3", vec![], None), Err(KvError::Full));
+        assert!(matches!(
+            kv.set("a", "3", vec![], None),
+            Err(KvError::Full(_))
+        ));
         kv.set("a", "2", b"overwrite".to_vec(), None).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         kv.set("a", "3", vec![], None).unwrap();
@@ -343,5 +460,84 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(kv.incr("p", "n", 0, None).unwrap(), 4000);
+    }
+
+    #[test]
+    fn finding_05_one_namespace_full_leaves_the_others_alone() {
+        let kv = KvStore::new(1_000, 1 << 20);
+        kv.set_quota(
+            "rate-limit",
+            Quota {
+                max_entries: 10,
+                max_bytes: 1 << 20,
+            },
+        );
+        for i in 0..10 {
+            kv.incr(
+                "rate-limit",
+                &format!("sender:{i}"),
+                1,
+                Some(Duration::from_secs(60)),
+            )
+            .unwrap();
+        }
+        assert!(matches!(
+            kv.incr(
+                "rate-limit",
+                "sender:attacker",
+                1,
+                Some(Duration::from_secs(60))
+            ),
+            Err(KvError::Full(_))
+        ));
+        // Counting an existing key still works, and so does every other
+        // policy's namespace.
+        assert_eq!(kv.incr("rate-limit", "sender:3", 1, None).unwrap(), 2);
+        kv.set("greylist", "k", b"v".to_vec(), None).unwrap();
+        // Bytes count the overhead per entry.
+        kv.set_quota(
+            "tiny",
+            Quota {
+                max_entries: 100,
+                max_bytes: 2 * ENTRY_OVERHEAD,
+            },
+        );
+        kv.set("tiny", "a", vec![], None).unwrap();
+        assert!(matches!(
+            kv.set("tiny", "bb", vec![0; ENTRY_OVERHEAD], None),
+            Err(KvError::Full(_))
+        ));
+    }
+
+    #[test]
+    fn finding_05_expiry_frees_room_without_a_sweep() {
+        let kv = KvStore::new(1_000_000, 1 << 30);
+        kv.set_quota(
+            "p",
+            Quota {
+                max_entries: 1000,
+                max_bytes: 1 << 30,
+            },
+        );
+        for i in 0..1000 {
+            kv.set(
+                "p",
+                &format!("k{i}"),
+                vec![],
+                Some(Duration::from_millis(5)),
+            )
+            .unwrap();
+        }
+        assert!(kv.set("p", "more", vec![], None).is_err());
+        std::thread::sleep(Duration::from_millis(20));
+        kv.set("p", "more", vec![], None).unwrap();
+        assert_eq!(kv.len(), 1, "expired entries dropped as their time came");
+        // Overwriting one key many times keeps the heap bounded.
+        for _ in 0..10_000 {
+            kv.set("p", "same", vec![], Some(Duration::from_secs(60)))
+                .unwrap();
+        }
+        let inner = kv.lock();
+        assert!(inner.spaces["p"].expiry.len() <= 2 * inner.spaces["p"].map.len() + 1024);
     }
 }

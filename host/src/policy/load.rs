@@ -65,6 +65,14 @@ impl Engine {
         services: &Services,
     ) -> Result<LoadedPolicy, PolicyError> {
         let (mut policy, wasm) = self.load_one(p, &p.name, &p.path).await?;
+        // The namespace is the policy's name: a candidate shares it.
+        services.kv.set_quota(
+            &p.name,
+            crate::policy::kv::Quota {
+                max_entries: p.kv_max_entries,
+                max_bytes: usize::try_from(p.kv_max_memory.0).unwrap_or(usize::MAX),
+            },
+        );
         Chain::prepare(&self.inner, &mut policy, services).await?;
         self.snapshot(&mut policy, wasm, services).await;
         if let Some(path) = &p.candidate {

@@ -117,6 +117,8 @@ fn policy(name: &str, guest: &str, config: serde_json::Value) -> PolicyConfig {
         candidate_mode: Default::default(),
         canary_percent: 10,
         tests: None,
+        kv_max_entries: 100_000,
+        kv_max_memory: ByteSize(32 << 20),
         config,
     }
 }

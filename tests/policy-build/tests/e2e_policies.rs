@@ -135,12 +135,13 @@ messages_per_sender = 2
 recipients_per_ip = 3
 
 # The same policy without the kv capability: it cannot count, logs that
-# and lets mail through (fail open).
+# and, told to fail open, lets mail through.
 [[policy]]
 name = "rate-limit-open"
 path = {path:?}
 [policy.config]
 messages_per_ip = 1
+fail_closed = false
 "#,
         path = wasm("rate-limit")
     );
@@ -176,6 +177,53 @@ messages_per_ip = 1
     assert!(
         server.logged("rate-limit state unavailable (access denied"),
         "the policy without kv logs that it lets mail through; log:\n{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn finding_05_a_full_namespace_tempfails_and_leaves_other_policies_alone() {
+    let sandbox = Sandbox::new();
+    // Senders are the client's choice: five made-up ones fill the first
+    // policy's namespace. It then delays mail (fail closed) instead of
+    // switching its limit off; the second policy's namespace is its own.
+    let policies = format!(
+        r#"[[policy]]
+name = "rl-senders"
+path = {path:?}
+capabilities = ["kv", "clock"]
+kv_max_entries = 5
+[policy.config]
+window = "1h"
+messages_per_sender = 100
+
+[[policy]]
+name = "rl-ip"
+path = {path:?}
+capabilities = ["kv", "clock"]
+[policy.config]
+window = "1h"
+messages_per_ip = 1000
+"#,
+        path = wasm("rate-limit")
+    );
+    let server = sandbox.start_toml(&config(&sandbox, false, false, &policies), 1);
+    let (mut c, _) = Smtp::connect(server.addr(0));
+    c.expect("EHLO client.example", 250);
+    for i in 0..5 {
+        c.expect(&format!("MAIL FROM:<made-up-{i}@sender.example>"), 250);
+        c.expect("RSET", 250);
+    }
+    let r = c.expect("MAIL FROM:<made-up-5@sender.example>", 451);
+    assert!(r.text.contains("4.3.0"), "{r:?}");
+    // Counting a sender it already holds still works, and so does the
+    // other policy (it counts this client's every MAIL).
+    c.expect("RSET", 250);
+    c.expect("MAIL FROM:<made-up-0@sender.example>", 250);
+    c.expect("QUIT", 221);
+    assert!(
+        server.logged("kv_max_entries"),
+        "log:\n{}",
         server.log_text()
     );
 }

@@ -14,7 +14,7 @@ use super::*;
 fn kv_error(e: KvError) -> HostError {
     match e {
         KvError::InvalidArgument(m) => HostError::InvalidArgument(m),
-        KvError::Full => HostError::Temporary(e.to_string()),
+        KvError::Full(_) => HostError::Temporary(e.to_string()),
     }
 }
 

@@ -11,9 +11,10 @@
 //! `451 4.7.1 rate limit exceeded, try again later`: the client retries
 //! later, when a new window has begun.
 //!
-//! When the store cannot be used (not granted, unavailable) the policy
-//! lets mail through and logs a warning (fail open), or with
-//! `fail_closed = true` answers `451 4.3.0`.
+//! When the store cannot be used (not granted, unavailable, the policy's
+//! namespace full — its senders are chosen by clients) the policy answers
+//! `451 4.3.0` (mail is delayed, the limits never switched off), or with
+//! `fail_closed = false` lets mail through and logs a warning (fail open).
 //!
 //! The null sender `<>` (bounces) has no sender or sender-domain counters;
 //! its per-IP counters still count.
@@ -308,7 +309,7 @@ impl Policy for RateLimit {
         Ok(RateLimit {
             limits,
             window,
-            fail_closed: config.bool("fail_closed")?.unwrap_or(false),
+            fail_closed: config.bool("fail_closed")?.unwrap_or(true),
         })
     }
 
@@ -581,7 +582,7 @@ mod tests {
 
     #[test]
     fn store_unavailable_fails_open_or_closed() {
-        let p = policy(r#"{"messages_per_ip": 1}"#);
+        let p = policy(r#"{"messages_per_ip": 1, "fail_closed": false}"#);
         let host = MockHost::new().grant(Capability::Clock); // no kv
         assert_eq!(
             mail(&p, &host, "192.0.2.1", "a@x.example"),
@@ -594,7 +595,9 @@ mod tests {
         assert!(host.logged("rate-limit state unavailable (access denied"));
         assert!(host.logged("letting mail through"));
 
-        let p = policy(r#"{"recipients_per_ip": 1, "fail_closed": true}"#);
+        // The default: a store that fails (full, or unavailable) delays
+        // mail rather than turning the limits off.
+        let p = policy(r#"{"recipients_per_ip": 1}"#);
         assert_eq!(
             rcpt(&p, &host, "192.0.2.1", "a@x.example"),
             Verdict::tempfail(
@@ -611,10 +614,10 @@ mod tests {
         let host = MockHost::new()
             .grant(Capability::Kv)
             .kv("msg:ip:192.0.2.1", "not a number", 0);
-        assert_eq!(
+        assert!(matches!(
             mail(&p, &host, "192.0.2.1", "a@x.example"),
-            Verdict::Continue
-        );
+            Verdict::Tempfail(_)
+        ));
         assert!(host.logged("not a counter"));
     }
 
