@@ -65,14 +65,13 @@ impl Engine {
         services: &Services,
     ) -> Result<LoadedPolicy, PolicyError> {
         let (mut policy, wasm) = self.load_one(p, &p.name, &p.path).await?;
-        // The namespace is the policy's name: a candidate shares it.
-        services.kv.set_quota(
-            &p.name,
-            crate::policy::kv::Quota {
-                max_entries: p.kv_max_entries,
-                max_bytes: usize::try_from(p.kv_max_memory.0).unwrap_or(usize::MAX),
-            },
-        );
+        // The namespace is the policy's name (a canary shares it, a shadow
+        // has its own with the same quota, see below).
+        let quota = crate::policy::kv::Quota {
+            max_entries: p.kv_max_entries,
+            max_bytes: usize::try_from(p.kv_max_memory.0).unwrap_or(usize::MAX),
+        };
+        services.kv.set_quota(&p.name, quota);
         Chain::prepare(&self.inner, &mut policy, services).await?;
         self.snapshot(&mut policy, wasm, services).await;
         if let Some(path) = &p.candidate {
@@ -83,6 +82,7 @@ impl Engine {
                 CandidateMode::Shadow => format!("{}~shadow", p.name),
                 CandidateMode::Canary => p.name.clone(),
             };
+            services.kv.set_quota(&name, quota);
             let (mut c, wasm) = self.load_one(p, &name, path).await?;
             Chain::prepare(&self.inner, &mut c, services).await?;
             self.snapshot(&mut c, wasm, services).await;
