@@ -382,6 +382,12 @@ pub struct QueueConfig {
     /// DSNs per sender domain per hour; more are not sent (logged). 0: no
     /// limit.
     pub max_dsns_per_domain: u32,
+    /// How long a message a policy put in quarantine is kept, from its
+    /// arrival; then it is deleted (logged, no DSN: quarantined mail is
+    /// mostly unwanted, a report would be backscatter). 0: kept until an
+    /// operator acts.
+    #[serde(with = "humantime_de")]
+    pub quarantine_lifetime: Duration,
 }
 
 impl Default for QueueConfig {
@@ -396,6 +402,7 @@ impl Default for QueueConfig {
             // As the DSN builder's own default (and Postfix's bounce_size_limit).
             bounce_size_limit: ByteSize(50 * 1024),
             max_dsns_per_domain: 100,
+            quarantine_lifetime: Duration::from_secs(30 * 86400),
         }
     }
 }

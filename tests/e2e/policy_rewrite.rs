@@ -89,3 +89,41 @@ fn recipient_rewrite_survives_a_crash_before_delivery() {
     assert!(delivered.contains("X-Policy: basic\r\n"));
     assert!(!delivered.contains("X-Remove-Me"));
 }
+
+#[test]
+fn quarantined_mail_expires_after_quarantine_lifetime() {
+    let sb = Sandbox::new();
+    let toml = config(&sb, true).replace(
+        "[queue]\ndeliver = true",
+        "[queue]\ndeliver = true\nquarantine_lifetime = \"2s\"",
+    );
+    let server = sb.start_toml(&toml, 1);
+    let mut c = SmtpConn::ehlo(server.addr(0), "client.example");
+    c.expect("MAIL FROM:<sender@example.com>", 250);
+    c.expect("RCPT TO:<keep@example.com>", 250);
+    c.expect("DATA", 354);
+    let r = c.cmd("Subject: please quarantine\r\n\r\nbody\r\n.");
+    let id = r
+        .queue_id()
+        .unwrap_or_else(|| panic!("message not queued: {r:?}"));
+    c.expect("QUIT", 221);
+    assert_eq!(
+        sb.spool().ids(),
+        std::slice::from_ref(&id),
+        "held in quarantine"
+    );
+    let gone = server.wait_log(
+        "quarantine expired: message deleted",
+        Duration::from_secs(15),
+        |v| v["fields"]["queue_id"] == id.as_str(),
+    );
+    assert!(gone.is_some(), "log:\n{}", server.log_text());
+    assert!(
+        sb.spool().ids().is_empty(),
+        "the quarantined message is gone"
+    );
+    assert!(
+        maildir_files(&sb, "example.com", "keep").is_empty(),
+        "and was never delivered"
+    );
+}

@@ -228,11 +228,13 @@ impl Queue {
     /// Deliver until `shutdown`; then wait (bounded) for deliveries in
     /// flight and close idle connections.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let expiry = tokio::spawn(self.clone().expire_quarantine());
         if !self.inner.cfg.queue.deliver {
             tracing::warn!(
                 "[queue] deliver = false: mail is accepted into the spool and not delivered"
             );
             let _ = shutdown.wait_for(|s| *s).await;
+            expiry.abort();
             return;
         }
         let reaper = tokio::spawn(pool::reap(self.inner.clone()));
@@ -266,7 +268,64 @@ impl Queue {
             tracing::warn!("deliveries still in flight at shutdown; they will be retried at start");
         }
         reaper.abort();
+        expiry.abort();
         self.inner.pool.close_all().await;
+    }
+
+    /// Delete quarantined messages past `quarantine_lifetime`, looking
+    /// every quarter of it (at least every second, at most every hour).
+    async fn expire_quarantine(self) {
+        let lifetime = self.inner.cfg.queue.quarantine_lifetime;
+        if lifetime.is_zero() {
+            return;
+        }
+        let every = (lifetime / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        loop {
+            tokio::time::sleep(every).await;
+            let Ok(all) = self.list().await else {
+                continue;
+            };
+            let now = Utc::now();
+            for env in all {
+                if env.quarantine.is_none() || !past_lifetime(env.received_at, lifetime, now) {
+                    continue;
+                }
+                let reason = env.quarantine.clone().unwrap_or_default();
+                let id = env.id.clone();
+                let removed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let flag = removed.clone();
+                let r = self
+                    .with_message(&id, move |spool, id| {
+                        // Released meanwhile: no longer ours to expire.
+                        let current = spool.read_envelope(id).map_err(|e| not_found(e, id))?;
+                        if current.quarantine.is_some() {
+                            spool.remove(id)?;
+                            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Ok(())
+                    })
+                    .await;
+                let removed = removed.load(std::sync::atomic::Ordering::Relaxed);
+                match r {
+                    Ok(()) if removed => tracing::info!(
+                        queue_id = %id,
+                        sender = %env.sender,
+                        reason = %reason,
+                        "quarantine expired: message deleted"
+                    ),
+                    // Released between the listing and now: it is due
+                    // (`with_message` took it off the schedule).
+                    Ok(()) => {
+                        self.inner.lock_schedule().at(&id, Utc::now(), false);
+                        self.inner.wake.notify_one();
+                    }
+                    Err(QueueError::Busy(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(queue_id = %id, error = %e, "cannot expire quarantined message")
+                    }
+                }
+            }
+        }
     }
 
     // ---- operator commands ----
