@@ -1,6 +1,6 @@
 //! The header section of a message (RFC 5322 §2.2, 3.6): where each field
 //! is. This is the one definition of it in the gateway — the data-stage
-//! editor ([`crate::gate::changes`]) and the policies' message resource
+//! editor (the gate's `changes.rs`) and the policies' message resource
 //! see the same fields, so a field a policy can read is a field a policy
 //! can remove. It is mail-parser's reading: a line that is not a field
 //! (no colon) does not end the section; it is skipped, and the fields

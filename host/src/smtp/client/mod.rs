@@ -1,5 +1,5 @@
 //! The client side of the protocol, sans-IO, beside the server side: what
-//! the outbound client (`crate::delivery::client`) reads and writes.
+//! the outbound client (in the delivery box, `delivery/client/`) reads and writes.
 //!
 //! - [`ReplyParser`]: replies from the server, multi-line, with enhanced
 //!   status codes, bounded in line length and line count;
