@@ -15,19 +15,6 @@ use crate::smtp::command::Body;
 use crate::smtp::{Enhanced, Reply};
 use crate::spool::Envelope;
 
-/// Is `host:port` the configured `relay_host`? The relay credentials go
-/// there only, never to a relay host a route policy names.
-pub(super) fn is_configured_relay(
-    cfg: &crate::config::DeliveryConfig,
-    host: &str,
-    port: u16,
-) -> bool {
-    cfg.relay_host
-        .as_deref()
-        .and_then(crate::route::parse_host_port)
-        .is_some_and(|(h, p)| h.eq_ignore_ascii_case(host) && p == port)
-}
-
 /// The outcome a reply means for one recipient.
 fn from_reply(reply: &Reply, remote: &str) -> Outcome {
     let diagnostic = format!("smtp; {}", reply.summary());
@@ -142,7 +129,7 @@ impl Inner {
                         let creds = self
                             .credentials
                             .clone()
-                            .filter(|_| is_configured_relay(&self.cfg.delivery, host, *port));
+                            .filter(|_| self.router.is_relay_host(host, *port));
                         self.deliver_smtp(env, idx, msg, &t, *port, *tls, false, creds.as_ref())
                             .await
                     }
@@ -160,7 +147,7 @@ impl Inner {
                 // and for routes a policy returns), then the loop check.
                 let literal = domain
                     .starts_with('[')
-                    .then(|| self.cfg.delivery.literal_rule().check_literal(domain));
+                    .then(|| self.router.literals.check_literal(domain));
                 let targets = match literal {
                     Some(Err(refusal)) => Err(MxError::Bounce {
                         status: match refusal {

@@ -60,6 +60,8 @@ pub enum QueueError {
 pub struct Router {
     local_domains: Vec<String>,
     relay: Option<(String, u16, TlsMode)>,
+    /// Where address-literal recipients may go.
+    literals: crate::route::LiteralRule,
 }
 
 impl Router {
@@ -70,7 +72,16 @@ impl Router {
             relay: cfg.delivery.relay_host.as_deref().and_then(|r| {
                 crate::route::parse_host_port(r).map(|(h, p)| (h, p, cfg.delivery.relay_tls))
             }),
+            literals: cfg.delivery.literal_rule(),
         }
+    }
+
+    /// Is `host:port` the configured `relay_host`? The relay credentials
+    /// go there only, never to a relay host a route policy names.
+    pub fn is_relay_host(&self, host: &str, port: u16) -> bool {
+        self.relay
+            .as_ref()
+            .is_some_and(|(h, p, _)| h.eq_ignore_ascii_case(host) && *p == port)
     }
 
     /// The route of one recipient address.
@@ -292,22 +303,19 @@ impl Queue {
                 }
                 let reason = env.quarantine.clone().unwrap_or_default();
                 let id = env.id.clone();
-                let removed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let flag = removed.clone();
                 let r = self
-                    .with_message(&id, move |spool, id| {
+                    .with_message(&id, |spool, id| {
                         // Released meanwhile: no longer ours to expire.
                         let current = spool.read_envelope(id).map_err(|e| not_found(e, id))?;
-                        if current.quarantine.is_some() {
+                        let quarantined = current.quarantine.is_some();
+                        if quarantined {
                             spool.remove(id)?;
-                            flag.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
-                        Ok(())
+                        Ok(quarantined)
                     })
                     .await;
-                let removed = removed.load(std::sync::atomic::Ordering::Relaxed);
                 match r {
-                    Ok(()) if removed => tracing::info!(
+                    Ok(true) => tracing::info!(
                         queue_id = %id,
                         sender = %env.sender,
                         reason = %reason,
@@ -315,7 +323,7 @@ impl Queue {
                     ),
                     // Released between the listing and now: it is due
                     // (`with_message` took it off the schedule).
-                    Ok(()) => {
+                    Ok(false) => {
                         self.inner.lock_schedule().at(&id, Utc::now(), false);
                         self.inner.wake.notify_one();
                     }
@@ -428,9 +436,10 @@ impl Queue {
     }
 
     /// Run a blocking change on one message while no delivery touches it.
-    async fn with_message<F>(&self, id: &str, f: F) -> Result<(), QueueError>
+    async fn with_message<F, T>(&self, id: &str, f: F) -> Result<T, QueueError>
     where
-        F: FnOnce(&dyn Spool, &str) -> Result<(), QueueError> + Send + 'static,
+        F: FnOnce(&dyn Spool, &str) -> Result<T, QueueError> + Send + 'static,
+        T: Send + 'static,
     {
         if !self.inner.lock_schedule().claim(id) {
             return Err(QueueError::Busy(id.to_string()));
@@ -986,12 +995,13 @@ mod tests {
 
     #[test]
     fn finding_04_relay_credentials_only_to_the_configured_relay() {
-        let mut d = crate::config::DeliveryConfig::default();
-        assert!(!deliver::is_configured_relay(&d, "smarthost.example", 587));
-        d.relay_host = Some("Smarthost.example:587".into());
-        assert!(deliver::is_configured_relay(&d, "smarthost.example", 587));
-        assert!(!deliver::is_configured_relay(&d, "smarthost.example", 25));
-        assert!(!deliver::is_configured_relay(&d, "attacker.example", 587));
+        let mut cfg = Config::parse("", "t").unwrap();
+        assert!(!Router::new(&cfg).is_relay_host("smarthost.example", 587));
+        cfg.delivery.relay_host = Some("Smarthost.example:587".into());
+        let r = Router::new(&cfg);
+        assert!(r.is_relay_host("smarthost.example", 587));
+        assert!(!r.is_relay_host("smarthost.example", 25));
+        assert!(!r.is_relay_host("attacker.example", 587));
     }
 
     #[test]
