@@ -63,7 +63,7 @@ fn benches(c: &mut Criterion) {
         .unwrap_or_else(|| std::env::temp_dir().join("sluice-bench-lang-cache"));
     let engine = Engine::new(&PolicyEngineConfig {
         cache_dir: cache,
-        max_instances: 64,
+        max_instances: Some(64),
         max_memory: ByteSize(128 << 20),
         ..PolicyEngineConfig::default()
     })
@@ -104,7 +104,7 @@ fn benches(c: &mut Criterion) {
                 rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let mut session = chain.session(common::info());
+                        let mut session = chain.session(common::info()).unwrap();
                         assert_eq!(session.connect().await, Decision::Continue);
                     }
                     start.elapsed()
@@ -117,7 +117,7 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("rcpt_warm");
     for (lang, chain) in &chains {
         g.bench_function(lang.as_str(), |b| {
-            let mut session = chain.session(common::info());
+            let mut session = chain.session(common::info()).unwrap();
             rt.block_on(session.connect());
             b.iter_custom(|iters| {
                 rt.block_on(async {
@@ -143,7 +143,7 @@ fn benches(c: &mut Criterion) {
                     rt.block_on(async {
                         let start = Instant::now();
                         for _ in 0..iters {
-                            let mut session = chain.session(common::info());
+                            let mut session = chain.session(common::info()).unwrap();
                             assert_eq!(session.connect().await, Decision::Continue);
                             assert_eq!(session.helo("client.example").await, Decision::Continue);
                             let d = session.mail_from("ann@sender.example", &[]).await;

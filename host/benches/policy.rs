@@ -75,7 +75,7 @@ fn setup() -> Setup {
         cache_dir: dir.path().to_path_buf(),
         // A small pool: enough here, and it lets the benches run under
         // valgrind (which cannot reserve the default pool's address space).
-        max_instances: 64,
+        max_instances: Some(64),
         ..PolicyEngineConfig::default()
     };
     let pooled_engine = Engine::new(&cfg).unwrap();
@@ -124,7 +124,7 @@ fn benches(c: &mut Criterion) {
     };
 
     c.bench_function("rcpt_warm", |b| {
-        let mut session = s.pooled.session(common::info());
+        let mut session = s.pooled.session(common::info()).unwrap();
         s.rt.block_on(session.connect());
         b.iter_custom(|iters| {
             s.rt.block_on(async {
@@ -145,7 +145,7 @@ fn benches(c: &mut Criterion) {
                 s.rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let mut session = chain.session(common::info());
+                        let mut session = chain.session(common::info()).unwrap();
                         assert_eq!(session.connect().await, Decision::Continue);
                     }
                     start.elapsed()
@@ -161,7 +161,7 @@ fn benches(c: &mut Criterion) {
             s.rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let mut session = s.chain3.session(common::info());
+                    let mut session = s.chain3.session(common::info()).unwrap();
                     assert_eq!(session.connect().await, Decision::Continue);
                     assert_eq!(session.helo("client.test").await, Decision::Continue);
                     assert_eq!(
@@ -245,7 +245,7 @@ fn shipped_benches(c: &mut Criterion) {
         .unwrap();
     let engine = Engine::new(&PolicyEngineConfig {
         cache_dir: cache.path().to_path_buf(),
-        max_instances: 64,
+        max_instances: Some(64),
         ..PolicyEngineConfig::default()
     })
     .unwrap();
@@ -277,7 +277,7 @@ fn shipped_benches(c: &mut Criterion) {
                             black_box(&evict);
                         }
                         let start = Instant::now();
-                        let mut session = chain.session(common::info());
+                        let mut session = chain.session(common::info()).unwrap();
                         assert_eq!(session.connect().await, Decision::Continue);
                         assert_eq!(session.helo("client.test").await, Decision::Continue);
                         let d = session.mail_from("s@example.test", &[]).await;

@@ -304,9 +304,14 @@ pub struct PolicyEngineConfig {
     pub max_dns_lookups_per_session: u32,
     /// Preallocate instance slots (pooling allocator): fast instantiation.
     pub pooling: bool,
-    /// Instances alive at once, all policies together (each SMTP session
-    /// holds one per policy it has called); with `pooling`, the pool size.
-    pub max_instances: u32,
+    /// Instances alive at once, all policies together; with `pooling`, the
+    /// pool size. Each SMTP session reserves one per policy (and shadow
+    /// candidate) when it starts; a session that cannot is refused with
+    /// `421 4.3.2` after an idle one is shed if it can be. Unset: sized to
+    /// serve `max_connections` sessions of the configured chain (see
+    /// [`Config::engine_config`]); [`PolicyEngineConfig::pool_size`] for an
+    /// engine made without a gateway config.
+    pub max_instances: Option<u32>,
     /// The largest `max_memory` a policy may have (the pool's slot size).
     pub max_memory: ByteSize,
     /// Compile with every core (faster, but competes with serving); off:
@@ -323,6 +328,48 @@ pub struct PolicyEngineConfig {
     pub init_snapshots: bool,
 }
 
+impl PolicyEngineConfig {
+    /// Pool slots of an engine made from this config alone (`max_instances`,
+    /// or 1000 when unset; a gateway sizes it with [`Config::engine_config`]).
+    pub fn pool_size(&self) -> usize {
+        self.max_instances.map_or(1000, |n| n as usize)
+    }
+}
+
+/// Most pool slots kept from sessions for loading and route calls.
+const POOL_LOOSE_SHARE_MAX: usize = 64;
+
+/// Of a pool of `max` instance slots, how many sessions may not reserve:
+/// kept for loading, route calls and warm instances (a quarter of a small
+/// pool, at most 64).
+pub fn pool_loose_share(max: usize) -> usize {
+    (max / 4).min(POOL_LOOSE_SHARE_MAX)
+}
+
+/// The pool size that serves `sessions` sessions of `per_session`
+/// instances each beside its loose share.
+pub fn pool_size_for(sessions: usize, per_session: usize) -> usize {
+    let for_sessions = sessions.saturating_mul(per_session);
+    // Past 4 × the maximum share the share is the maximum; below, a
+    // quarter of the whole is a third of what sessions hold.
+    if for_sessions >= 3 * POOL_LOOSE_SHARE_MAX {
+        for_sessions.saturating_add(POOL_LOOSE_SHARE_MAX)
+    } else {
+        for_sessions + for_sessions.div_ceil(3)
+    }
+}
+
+/// Instances one SMTP session of `policies` may hold: one per policy, and
+/// one more per shadow candidate (a canary takes its policy's place).
+pub fn instances_per_session(policies: &[PolicyConfig]) -> usize {
+    policies
+        .iter()
+        .map(|p| {
+            1 + usize::from(p.candidate.is_some() && p.candidate_mode == CandidateMode::Shadow)
+        })
+        .sum()
+}
+
 impl Default for PolicyEngineConfig {
     fn default() -> Self {
         Self {
@@ -332,7 +379,7 @@ impl Default for PolicyEngineConfig {
             max_dns_lookups_per_call: 20,
             max_dns_lookups_per_session: 200,
             pooling: true,
-            max_instances: 1000,
+            max_instances: None,
             max_memory: ByteSize(128 << 20),
             parallel_compilation: false,
             watch: true,
@@ -787,6 +834,21 @@ fn default_listeners() -> Vec<ListenerConfig> {
 }
 
 impl Config {
+    /// `[policy_engine]` for an engine that serves `policies` under this
+    /// config's `[limits]`: `max_instances` as given, or sized so that
+    /// `max_connections` sessions of that chain each reserve theirs.
+    pub fn engine_config(&self, policies: &[PolicyConfig]) -> PolicyEngineConfig {
+        let mut e = self.policy_engine.clone();
+        if e.max_instances.is_none() {
+            let size = pool_size_for(
+                self.limits.max_connections,
+                instances_per_session(policies).max(1),
+            );
+            e.max_instances = Some(u32::try_from(size).unwrap_or(u32::MAX));
+        }
+        e
+    }
+
     /// The embedded default.
     pub fn embedded() -> Self {
         Self::parse(DEFAULT_TOML, "<embedded default>")
@@ -1003,11 +1065,22 @@ impl Config {
                 "must be more than zero".into(),
             ));
         }
-        if e.max_instances < 1 {
-            return Err(invalid(
-                "policy_engine.max_instances",
-                "must be at least 1".into(),
-            ));
+        if let Some(n) = e.max_instances {
+            // One session of this chain must fit beside the share kept for
+            // loading and route calls.
+            let per_session = instances_per_session(&self.policies);
+            let limit = n as usize - pool_loose_share(n as usize);
+            if n < 1 || limit < per_session {
+                return Err(invalid(
+                    "policy_engine.max_instances",
+                    format!(
+                        "{n} cannot serve one session: the chain needs {per_session} \
+                         instances per session, and {} of the pool are kept for \
+                         loading and route calls",
+                        n as usize - limit
+                    ),
+                ));
+            }
         }
         if e.max_memory.0 < (1 << 20) || e.max_memory.0 > (4 << 30) {
             return Err(invalid(

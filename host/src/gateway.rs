@@ -110,10 +110,9 @@ impl Gateway {
         let (engine, chain) = if config.policies.is_empty() {
             (None, None)
         } else {
-            warn_small_pool(&config);
             // Compiled code in the cache runs as trusted: ours alone.
             crate::private::ensure(&config.policy_engine.cache_dir)?;
-            let engine = Engine::new(&config.policy_engine)?;
+            let engine = Engine::serving(&config, &config.policies)?;
             let chain = engine
                 .load_chain(&config.policies, services.clone())
                 .await?;
@@ -200,24 +199,6 @@ impl Gateway {
         }
         let _ = admin_task.await;
         let _ = queue_task.await;
-    }
-}
-
-/// Each session holds one instance per policy it calls; past the pool's
-/// size a call fails and the policy's on_error applies.
-fn warn_small_pool(config: &Config) {
-    let needed = config
-        .limits
-        .max_connections
-        .saturating_mul(config.policies.len());
-    if config.policy_engine.pooling && (config.policy_engine.max_instances as usize) < needed {
-        tracing::warn!(
-            max_instances = config.policy_engine.max_instances,
-            max_connections = config.limits.max_connections,
-            policies = config.policies.len(),
-            "[policy_engine] max_instances is below max_connections x policies: \
-             under full load some policy calls will fail (and apply on_error)"
-        );
     }
 }
 

@@ -26,6 +26,7 @@ mod params;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use access::AccessRules;
 pub use message::MessageRules;
@@ -76,7 +77,8 @@ impl BuiltIn {
 }
 
 use crate::policy::{
-    Chain, ChainSession, DataDecision, DataOutcome, Decision, EnvelopeInfo, HostTap, SessionInfo,
+    Chain, ChainSession, DataDecision, DataOutcome, Decision, EnvelopeInfo, HostTap, PoolFull,
+    SessionInfo,
 };
 use crate::smtp::{Action, Check, Reply, Session, Transaction, Verdict};
 
@@ -151,28 +153,44 @@ pub struct GateSession {
 
 impl GateSession {
     /// A gate for a session with `peer`, under `access`, asking `chain`
-    /// (none, or an empty one: the built-in rules alone).
-    pub fn new(rules: Arc<BuiltIn>, chain: Option<Arc<Chain>>, peer: &GatePeer) -> Self {
+    /// (none, or an empty one: the built-in rules alone). The chain's pool
+    /// slots for the session are reserved now, waiting up to `wait` for
+    /// them; `PoolFull` when they are not to be had (the caller refuses the
+    /// session, `421 4.3.2`).
+    pub async fn open(
+        rules: Arc<BuiltIn>,
+        chain: Option<Arc<Chain>>,
+        peer: &GatePeer,
+        wait: Duration,
+    ) -> Result<Self, PoolFull> {
         let chain = chain.filter(|c| !c.is_empty());
         let relay_client = peer.relay_rights && rules.access.may_relay(peer.client.ip());
-        let policies = chain.as_ref().map(|c| {
-            c.session(SessionInfo {
-                client_ip: peer.client.ip(),
-                client_port: peer.client.port(),
-                listener: peer.listener,
-                tls: peer.tls.clone(),
-                relay_client,
-                helo: None,
-            })
-        });
-        Self {
+        let policies = match &chain {
+            None => None,
+            Some(c) => {
+                let info = SessionInfo {
+                    client_ip: peer.client.ip(),
+                    client_port: peer.client.port(),
+                    listener: peer.listener,
+                    tls: peer.tls.clone(),
+                    relay_client,
+                    helo: None,
+                };
+                Some(if wait.is_zero() {
+                    c.session(info)?
+                } else {
+                    c.session_within(info, wait).await?
+                })
+            }
+        };
+        Ok(Self {
             rules,
             relay_client,
             chain,
             policies,
             sender_params: Vec::new(),
             tap: None,
-        }
+        })
     }
 
     /// Report this session to `tap` from now on (and the chain's host

@@ -12,6 +12,7 @@ use wasmtime::{Cache, CacheConfig, InstanceAllocationStrategy, PoolingAllocation
 
 use super::bindings::{PolicyWorld, PolicyWorldPre};
 use super::host::HostState;
+use super::pool::InstancePool;
 use super::{CONTRACT_PACKAGE, CONTRACT_VERSION, PolicyEngineConfig, PolicyError, Stage};
 
 /// Core instances, memories and tables a component may hold per pool
@@ -50,6 +51,7 @@ pub(crate) struct EngineInner {
     pub(crate) linker: Linker<HostState>,
     pub(crate) cfg: PolicyEngineConfig,
     cache: Cache,
+    pub(crate) pool: Arc<InstancePool>,
 }
 
 /// What [`Engine::precompile`] did.
@@ -118,8 +120,9 @@ impl Engine {
             .memory_reservation(max_memory)
             .memory_reservation_for_growth(0)
             .cache(Some(cache.clone()));
+        let slots = cfg.pool_size();
         if cfg.pooling {
-            let n = cfg.max_instances;
+            let n = u32::try_from(slots).unwrap_or(u32::MAX);
             let mut pool = PoolingAllocationConfig::new();
             pool.total_component_instances(n)
                 .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
@@ -159,8 +162,52 @@ impl Engine {
                     ..cfg.clone()
                 },
                 cache,
+                pool: InstancePool::new(slots),
             }),
         })
+    }
+
+    /// The engine of a gateway running `config` with `policies`: its pool
+    /// sized for `max_connections` sessions of that chain unless
+    /// `max_instances` is set, and the relay clients' share of the
+    /// connection cap kept for them in the pool too.
+    pub fn serving(
+        config: &crate::config::Config,
+        policies: &[crate::config::PolicyConfig],
+    ) -> Result<Engine, PolicyError> {
+        let engine = Engine::new(&config.engine_config(policies))?;
+        let l = &config.limits;
+        let relay = l.reserved_connections.min(l.max_connections / 2);
+        engine
+            .pool()
+            .set_relay_share(relay as f64 / l.max_connections.max(1) as f64);
+        let size = engine.inner.cfg.pool_size();
+        let per_session = crate::config::instances_per_session(policies).max(1);
+        let sessions = engine.pool().session_limit(true) / per_session;
+        tracing::info!(
+            target: "sluice::policy",
+            slots = size,
+            per_session,
+            sessions,
+            "policy instance pool sized"
+        );
+        if sessions < l.max_connections {
+            tracing::warn!(
+                target: "sluice::policy",
+                max_instances = size,
+                max_connections = l.max_connections,
+                sessions,
+                "[policy_engine] max_instances serves fewer sessions than max_connections: \
+                 past that, an idle session is shed or a new one refused (421 4.3.2)"
+            );
+        }
+        Ok(engine)
+    }
+
+    /// The accounting of this engine's instance pool (reservations of
+    /// sessions, leases of loading and route calls).
+    pub fn pool(&self) -> &Arc<InstancePool> {
+        &self.inner.pool
     }
 
     /// The cache folder in use (absolute).

@@ -9,13 +9,22 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::config::CandidateMode;
-use crate::policy::chain::{Candidate, Chain, LoadedPolicy};
+use crate::policy::chain::{Candidate, Chain, LoadedPolicy, WarmList};
 use crate::policy::engine::*;
 use crate::policy::host::{Grants, GuestCounters};
 use crate::policy::snapshot;
 use crate::policy::{PolicyConfig, PolicyError, Services};
 
 impl Engine {
+    /// An empty warm list, known to the pool (which may empty it for a
+    /// session's reservation).
+    fn warm_list(&self) -> Arc<WarmList> {
+        let list = Arc::new(WarmList::default());
+        let weak = Arc::downgrade(&list);
+        self.inner.pool.register_warm(weak);
+        list
+    }
+
     /// Load `policies` in order into a chain. Compilation (or a cache load)
     /// runs on a dedicated thread; then each component is checked against
     /// the contract, pre-linked, and `describe` and `init` run in a
@@ -161,7 +170,7 @@ impl Engine {
             stats: Default::default(),
             reuse: p.reuse_instances,
             preinit: false,
-            warm: Default::default(),
+            warm: self.warm_list(),
             cfg: p.clone(),
             loaded_at: std::time::SystemTime::now(),
             candidate: None,

@@ -105,6 +105,7 @@ mod host;
 mod kv;
 mod load;
 mod message;
+mod pool;
 mod reload;
 mod snapshot;
 pub mod tap;
@@ -120,6 +121,7 @@ pub use chain::{Chain, ChainSession};
 pub use engine::{Engine, Precompiled};
 pub use kv::{KvError, KvStore};
 pub use message::MessageResource;
+pub use pool::{InstancePool, PoolFull, Reservation};
 pub use reload::{LiveChain, ReloadReport, Reloader, report_json, watch};
 pub use tap::HostTap;
 
@@ -388,9 +390,14 @@ pub enum CallError {
         /// The size asked for.
         asked: u64,
     },
-    /// A fresh instance could not be made (pool exhausted, start trap).
+    /// A fresh instance could not be made (a trap while starting).
     #[error("cannot instantiate: {0}")]
     Instantiate(String),
+    /// The instance pool had no slot for the instance. Never follows
+    /// `on_error`: a temporary failure (`451 4.3.2`), so that a full pool
+    /// cannot make a `continue` policy be skipped.
+    #[error("the policy instance pool is full")]
+    Capacity,
     /// `init` refused the config in a fresh instance.
     #[error("init failed: {0}")]
     Init(String),

@@ -215,8 +215,9 @@ impl Reloader {
             });
         }
         if engine.is_none() {
-            *engine =
-                Some(Engine::new(&self.started_with.policy_engine).map_err(|e| e.to_string())?);
+            *engine = Some(
+                Engine::serving(&self.started_with, &config.policies).map_err(|e| e.to_string())?,
+            );
         }
         let engine = engine.as_ref().expect("made above");
         let (chain, fresh) = engine

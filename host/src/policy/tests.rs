@@ -27,7 +27,7 @@ fn shared_cache() -> PathBuf {
 fn engine_cfg(cache: &Path) -> PolicyEngineConfig {
     PolicyEngineConfig {
         cache_dir: cache.to_path_buf(),
-        max_instances: 64,
+        max_instances: Some(64),
         max_memory: ByteSize(512 << 20),
         ..PolicyEngineConfig::default()
     }
@@ -183,7 +183,7 @@ async fn load(policies: &[PolicyConfig]) -> Arc<Chain> {
 async fn basic_verdicts_at_every_stage() {
     let chain = load(&[policy("basic", "basic", serde_json::json!({}))]).await;
     assert!(chain.handles(Stage::Data) && chain.handles(Stage::Route));
-    let mut s = chain.session(info());
+    let mut s = chain.session(info()).unwrap();
     assert_eq!(s.connect().await, Decision::Continue);
     let d = s.helo("reject.helo.test").await;
     assert_eq!(reply_of(&d).0, 550);
@@ -350,7 +350,7 @@ async fn capabilities_not_granted_answer_access_denied() {
     let mut p = policy("nocaps", "basic", serde_json::json!({}));
     p.capabilities = vec![Capability::Log];
     let chain = load(&[p]).await;
-    let mut s = chain.session(info());
+    let mut s = chain.session(info()).unwrap();
     let d = s.data(&env(&["bob@example.test"]), MESSAGE).await;
     assert_eq!(d.outcome, DataOutcome::Continue);
     for h in ["X-Kv", "X-Dns", "X-Clock", "X-Metrics"] {
@@ -371,7 +371,7 @@ async fn chain_order_accept_and_continue() {
         b(serde_json::json!({"tag": "second", "rcpt": "reject"})),
     ])
     .await;
-    let mut s = chain.session(info());
+    let mut s = chain.session(info()).unwrap();
     let d = s.rcpt(&e, "x@example.test", &[]).await;
     assert_eq!(reply_of(&d).2, "second rejects rcpt");
     // Data: second rejects, the changes of first are dropped with it.
@@ -380,7 +380,7 @@ async fn chain_order_accept_and_continue() {
         b(serde_json::json!({"tag": "second", "data": "reject"})),
     ])
     .await;
-    let d = chain2.session(info()).data(&e, MESSAGE).await;
+    let d = chain2.session(info()).unwrap().data(&e, MESSAGE).await;
     assert!(matches!(d.outcome, DataOutcome::Reject(_)));
     assert!(d.changes.is_empty());
 
@@ -390,7 +390,7 @@ async fn chain_order_accept_and_continue() {
         b(serde_json::json!({"tag": "second", "rcpt": "reject", "data": "reject"})),
     ])
     .await;
-    let mut s = chain.session(info());
+    let mut s = chain.session(info()).unwrap();
     assert_eq!(s.rcpt(&e, "x@example.test", &[]).await, Decision::Accept);
     let d = s.data(&e, MESSAGE).await;
     assert_eq!(d.outcome, DataOutcome::Accept);
@@ -407,7 +407,7 @@ async fn chain_order_accept_and_continue() {
         b(serde_json::json!({"tag": "second", "data": "accept"})),
     ])
     .await;
-    let d = chain.session(info()).data(&e, MESSAGE).await;
+    let d = chain.session(info()).unwrap().data(&e, MESSAGE).await;
     assert_eq!(d.outcome, DataOutcome::Accept);
     assert_eq!(header(&d, "X-Policy"), ["first", "second"]);
     // kv keys are per policy: each counted its own first message.
@@ -415,7 +415,7 @@ async fn chain_order_accept_and_continue() {
 
     // A 4xx reject at connect becomes 550 5.7.1.
     let chain = load(&[a(serde_json::json!({"connect": "reject4xx"}))]).await;
-    let d = chain.session(info()).connect().await;
+    let d = chain.session(info()).unwrap().connect().await;
     assert_eq!(
         reply_of(&d),
         (
@@ -430,7 +430,7 @@ async fn chain_order_accept_and_continue() {
 async fn a_session_keeps_the_chain_it_started_with() {
     let e = env(&[]);
     let old = load(&[policy("p", "basic", serde_json::json!({"rcpt": "reject"}))]).await;
-    let mut s = old.session(info());
+    let mut s = old.session(info()).unwrap();
     let new = load(&[policy("p", "basic", serde_json::json!({"rcpt": "accept"}))]).await;
     drop(old);
     assert!(matches!(
@@ -438,7 +438,10 @@ async fn a_session_keeps_the_chain_it_started_with() {
         Decision::Reject(_)
     ));
     assert_eq!(
-        new.session(info()).rcpt(&e, "x@example.test", &[]).await,
+        new.session(info())
+            .unwrap()
+            .rcpt(&e, "x@example.test", &[])
+            .await,
         Decision::Accept
     );
 }
@@ -447,7 +450,7 @@ async fn a_session_keeps_the_chain_it_started_with() {
 async fn empty_chain_continues_everywhere() {
     let chain = load(&[]).await;
     assert!(chain.is_empty());
-    let mut s = chain.session(info());
+    let mut s = chain.session(info()).unwrap();
     assert_eq!(s.connect().await, Decision::Continue);
     assert_eq!(s.helo("x").await, Decision::Continue);
     assert_eq!(s.mail_from("", &[]).await, Decision::Continue);
@@ -577,7 +580,7 @@ async fn another_major_contract_version_is_refused_clearly() {
 async fn a_trap_follows_on_error_and_the_next_call_gets_a_fresh_instance() {
     let e = env(&[]);
     let chain = load(&[policy("f", "faulty", serde_json::json!({}))]).await;
-    let mut s = chain.session(info());
+    let mut s = chain.session(info()).unwrap();
     assert_eq!(s.rcpt(&e, "ok@x.test", &[]).await, Decision::Continue);
     let d = s.rcpt(&e, "trap@x.test", &[]).await;
     assert_eq!(
@@ -596,7 +599,11 @@ async fn a_trap_follows_on_error_and_the_next_call_gets_a_fresh_instance() {
     assert_eq!(s.rcpt(&e, "ok@x.test", &[]).await, Decision::Continue);
     // Another session is unaffected.
     assert_eq!(
-        chain.session(info()).rcpt(&e, "ok@x.test", &[]).await,
+        chain
+            .session(info())
+            .unwrap()
+            .rcpt(&e, "ok@x.test", &[])
+            .await,
         Decision::Continue
     );
     let st = &chain.stats()[0];
@@ -608,22 +615,33 @@ async fn a_trap_follows_on_error_and_the_next_call_gets_a_fresh_instance() {
     let mut f = policy("f", "faulty", serde_json::json!({"mode": "trap"}));
     f.on_error = OnError::Continue;
     let chain = load(&[f.clone(), policy("b", "basic", serde_json::json!({}))]).await;
-    let d = chain.session(info()).rcpt(&e, "blocked@x.test", &[]).await;
+    let d = chain
+        .session(info())
+        .unwrap()
+        .rcpt(&e, "blocked@x.test", &[])
+        .await;
     assert_eq!(reply_of(&d).2, "blocked@x.test is blocked");
-    let d = chain.session(info()).data(&e, MESSAGE).await;
+    let d = chain.session(info()).unwrap().data(&e, MESSAGE).await;
     assert_eq!(d.outcome, DataOutcome::Continue);
     assert_eq!(header(&d, "X-Policy"), ["basic"]);
-    assert_eq!(chain.session(info()).connect().await, Decision::Continue);
+    assert_eq!(
+        chain.session(info()).unwrap().connect().await,
+        Decision::Continue
+    );
 
     // on_error = reject.
     f.on_error = OnError::Reject;
     let chain = load(&[f.clone()]).await;
-    let d = chain.session(info()).rcpt(&e, "x@x.test", &[]).await;
+    let d = chain
+        .session(info())
+        .unwrap()
+        .rcpt(&e, "x@x.test", &[])
+        .await;
     assert_eq!(
         d,
         Decision::Reject(Reply::new(550, Enhanced(5, 7, 1), "policy error"))
     );
-    let d = chain.session(info()).data(&e, MESSAGE).await;
+    let d = chain.session(info()).unwrap().data(&e, MESSAGE).await;
     assert!(matches!(d.outcome, DataOutcome::Reject(_)));
 
     // Route: tempfail defers, continue falls to the default, reject fails.
@@ -653,7 +671,7 @@ async fn fresh_instances_start_from_the_init_snapshot() {
     let chain = load(&[tagged()]).await;
     assert!(chain.policies[0].preinit);
     for _ in 0..3 {
-        let mut s = chain.session(info());
+        let mut s = chain.session(info()).unwrap();
         assert_eq!(calls(s.rcpt(&e, "calls@x.test", &[]).await), "calls 1");
         assert_eq!(calls(s.rcpt(&e, "calls@x.test", &[]).await), "calls 2");
         let d = s.data(&e, MESSAGE).await;
@@ -676,7 +694,7 @@ async fn fresh_instances_start_from_the_init_snapshot() {
     let reused = load(&[reused]).await;
     for chain in [off, reused] {
         assert!(!chain.policies[0].preinit);
-        let d = chain.session(info()).data(&e, MESSAGE).await;
+        let d = chain.session(info()).unwrap().data(&e, MESSAGE).await;
         assert_eq!(header(&d, "X-Policy"), ["snapped"]);
     }
 }
@@ -688,7 +706,7 @@ async fn reused_instances_are_warm_and_failed_ones_are_not_reused() {
     // Default: a fresh instance per session; the guest's memory starts over.
     let chain = load(&[policy("b", "basic", serde_json::json!({}))]).await;
     for _ in 0..3 {
-        let mut s = chain.session(info());
+        let mut s = chain.session(info()).unwrap();
         assert_eq!(calls(s.rcpt(&e, "calls@x.test", &[]).await), "calls 1");
         assert_eq!(calls(s.rcpt(&e, "calls@x.test", &[]).await), "calls 2");
     }
@@ -699,15 +717,15 @@ async fn reused_instances_are_warm_and_failed_ones_are_not_reused() {
     p.reuse_instances = true;
     let chain = load(&[p.clone()]).await;
     for n in 1..=3 {
-        let mut s = chain.session(info());
+        let mut s = chain.session(info()).unwrap();
         assert_eq!(
             calls(s.rcpt(&e, "calls@x.test", &[]).await),
             format!("calls {n}")
         );
     }
     // Two sessions at once: the second needs an instance of its own.
-    let mut a = chain.session(info());
-    let mut b = chain.session(info());
+    let mut a = chain.session(info()).unwrap();
+    let mut b = chain.session(info()).unwrap();
     assert_eq!(calls(a.rcpt(&e, "calls@x.test", &[]).await), "calls 4");
     assert_eq!(calls(b.rcpt(&e, "calls@x.test", &[]).await), "calls 1");
     drop((a, b));
@@ -725,7 +743,7 @@ async fn reused_instances_are_warm_and_failed_ones_are_not_reused() {
     let mut f = policy("f", "faulty", serde_json::json!({}));
     f.reuse_instances = true;
     let chain = load(&[f]).await;
-    let mut s = chain.session(info());
+    let mut s = chain.session(info()).unwrap();
     assert_eq!(s.rcpt(&e, "ok@x.test", &[]).await, Decision::Continue);
     assert!(matches!(
         s.rcpt(&e, "trap@x.test", &[]).await,
@@ -733,7 +751,11 @@ async fn reused_instances_are_warm_and_failed_ones_are_not_reused() {
     ));
     drop(s);
     assert_eq!(
-        chain.session(info()).rcpt(&e, "ok@x.test", &[]).await,
+        chain
+            .session(info())
+            .unwrap()
+            .rcpt(&e, "ok@x.test", &[])
+            .await,
         Decision::Continue
     );
     let st = &chain.stats()[0];
@@ -746,7 +768,7 @@ async fn an_endless_loop_is_stopped_without_blocking_the_runtime() {
     let mut p = policy("f", "faulty", serde_json::json!({}));
     p.timeout = Duration::from_millis(50);
     let chain = load(&[p]).await;
-    let mut s = chain.session(info());
+    let mut s = chain.session(info()).unwrap();
     // A task on the same (single) thread keeps running meanwhile.
     let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let t = ticks.clone();
@@ -780,7 +802,7 @@ async fn a_big_allocation_is_refused_at_the_memory_cap() {
     let mut p = policy("f", "faulty", serde_json::json!({}));
     p.max_memory = ByteSize(16 << 20);
     let chain = load(&[p]).await;
-    let mut s = chain.session(info());
+    let mut s = chain.session(info()).unwrap();
     let d = s.rcpt(&env(&[]), "alloc@x.test", &[]).await;
     assert!(matches!(d, Decision::Tempfail(_)), "{d:?}");
     assert_eq!(
@@ -797,6 +819,7 @@ async fn a_giant_returned_string_is_contained() {
     let chain = load(&[policy("f", "faulty", serde_json::json!({}))]).await;
     let d = chain
         .session(info())
+        .unwrap()
         .rcpt(&env(&[]), "bigstring@x.test", &[])
         .await;
     assert!(matches!(d, Decision::Tempfail(_)), "{d:?}");
@@ -809,6 +832,7 @@ async fn a_giant_returned_string_is_contained() {
     let chain = load(&[p]).await;
     let d = chain
         .session(info())
+        .unwrap()
         .rcpt(&env(&[]), "bigstring@x.test", &[])
         .await;
     let (code, _, text) = reply_of(&d);
@@ -819,7 +843,7 @@ async fn a_giant_returned_string_is_contained() {
 #[tokio::test]
 async fn chatty_guests_are_bounded() {
     let chain = load(&[policy("f", "faulty", serde_json::json!({}))]).await;
-    let mut s = chain.session(info());
+    let mut s = chain.session(info()).unwrap();
     for who in ["stdout@x.test", "logspam@x.test", "slow@x.test"] {
         assert_eq!(
             s.rcpt(&env(&[]), who, &[]).await,
@@ -860,7 +884,11 @@ async fn host_lookups_share_one_io_budget_per_call() {
         .await
         .unwrap();
     let started = Instant::now();
-    let d = chain.session(info()).data(&env(&[]), MESSAGE).await;
+    let d = chain
+        .session(info())
+        .unwrap()
+        .data(&env(&[]), MESSAGE)
+        .await;
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(d.outcome, DataOutcome::Continue);
     assert_eq!(header(&d, "X-Dns"), ["temporary:DNS lookup timed out"]);
@@ -876,7 +904,7 @@ async fn finding_11_policy_dns_lookups_are_capped_per_call_and_per_session() {
         .load_chain(&[policy("b", "basic", serde_json::json!({}))], services())
         .await
         .unwrap();
-    let mut s = chain.session(info());
+    let mut s = chain.session(info()).unwrap();
     let mut seen = Vec::new();
     for _ in 0..3 {
         let d = s.data(&env(&[]), MESSAGE).await;
@@ -891,7 +919,11 @@ async fn finding_11_policy_dns_lookups_are_capped_per_call_and_per_session() {
         "the third lookup of the session: {seen:?}"
     );
     // A new session starts with its own allowance.
-    let d = chain.session(info()).data(&env(&[]), MESSAGE).await;
+    let d = chain
+        .session(info())
+        .unwrap()
+        .data(&env(&[]), MESSAGE)
+        .await;
     assert!(
         header(&d, "X-Dns")[0].starts_with("ok:"),
         "{:?}",
@@ -905,7 +937,11 @@ async fn finding_11_policy_dns_lookups_are_capped_per_call_and_per_session() {
         .load_chain(&[policy("b", "basic", serde_json::json!({}))], services())
         .await
         .unwrap();
-    let d = chain.session(info()).data(&env(&[]), MESSAGE).await;
+    let d = chain
+        .session(info())
+        .unwrap()
+        .data(&env(&[]), MESSAGE)
+        .await;
     assert!(
         header(&d, "X-Dns")[0].contains("max_dns_lookups_per_call"),
         "{:?}",
@@ -964,30 +1000,76 @@ async fn compiled_code_is_cached_on_disk() {
     let chain = e4.load_chain(&basic, services()).await.unwrap();
     assert_eq!(e4.cache_counts(), (0, 1));
     assert_eq!(
-        chain.session(info()).connect().await,
+        chain.session(info()).unwrap().connect().await,
         Decision::Continue,
         "the recompiled policy works"
     );
 }
 
+/// Finding 6: sessions took pool slots as they went, so idle sessions
+/// could exhaust the pool and every later call failed into `on_error`
+/// (with `continue`: the policy skipped). A session now reserves its slots
+/// when it starts: one that cannot is refused before any call, and a
+/// session that got in is always served by its policies.
 #[tokio::test]
-async fn an_exhausted_pool_follows_on_error() {
+async fn finding_06_sessions_reserve_their_instances() {
     let mut cfg = engine_cfg(&shared_cache());
-    cfg.max_instances = 2;
+    cfg.max_instances = Some(4);
     let e = Engine::new(&cfg).unwrap();
-    let chain = e
-        .load_chain(&[policy("b", "basic", serde_json::json!({}))], services())
-        .await
-        .unwrap();
-    let mut a = chain.session(info());
-    let mut b = chain.session(info());
-    let mut c = chain.session(info());
-    assert_eq!(a.connect().await, Decision::Continue);
-    assert_eq!(b.connect().await, Decision::Continue);
-    assert!(matches!(c.connect().await, Decision::Tempfail(_)));
+    let mut skip = policy("b", "basic", serde_json::json!({}));
+    skip.on_error = OnError::Continue;
+    let mut other = policy("c", "basic", serde_json::json!({}));
+    other.on_error = OnError::Continue;
+    let chain = e.load_chain(&[skip, other], services()).await.unwrap();
+    assert_eq!(chain.instances_per_session(), 2);
+    // 4 slots, 1 kept for loading and route calls: one session of two.
+    let mut a = chain.session(info()).unwrap();
+    let full = chain.session(info()).unwrap_err();
+    assert_eq!((full.needed, full.free, full.limit), (2, 1, 3));
+    let env = env(&["bob@example.test"]);
+    assert!(matches!(
+        a.rcpt(&env, "blocked@example.test", &[]).await,
+        Decision::Reject(_)
+    ));
+    // Waiting: the slots come free when the first session ends.
+    let c2 = chain.clone();
+    let waiter =
+        tokio::spawn(async move { c2.session_within(info(), Duration::from_secs(10)).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
     drop(a);
-    assert_eq!(c.connect().await, Decision::Continue);
-    assert_eq!(chain.stats()[0].errors, 1);
+    let mut b = waiter.await.unwrap().expect("slots given back");
+    assert!(matches!(
+        b.rcpt(&env, "blocked@example.test", &[]).await,
+        Decision::Reject(_)
+    ));
+    assert_eq!(chain.stats()[0].errors, 0);
+}
+
+/// A full pool outside sessions (a route call) is a temporary failure,
+/// never `on_error = "continue"`.
+#[tokio::test]
+async fn a_route_call_without_a_slot_defers() {
+    let mut cfg = engine_cfg(&shared_cache());
+    cfg.max_instances = Some(4);
+    let e = Engine::new(&cfg).unwrap();
+    let mut p = policy("b", "basic", serde_json::json!({}));
+    p.on_error = OnError::Continue;
+    let chain = e.load_chain(&[p], services()).await.unwrap();
+    // Three sessions of one take the sessions' three slots; hold the last
+    // one outside sessions.
+    let held: Vec<_> = (0..3).map(|_| chain.session(info()).unwrap()).collect();
+    let lease = e.pool().lease(false).expect("the loose slot");
+    let env = env(&["bob@example.test"]);
+    assert!(matches!(
+        chain.route(&env, "u@local.test").await,
+        RouteDecision::Defer(r) if r.code == 451
+    ));
+    drop(lease);
+    assert_eq!(
+        chain.route(&env, "u@local.test").await,
+        RouteDecision::Route(Route::Local)
+    );
+    drop(held);
 }
 
 fn rss_kib() -> u64 {
@@ -1004,7 +1086,7 @@ async fn ten_thousand_sessions_do_not_grow_memory() {
     let chain = load(&[policy("b", "basic", serde_json::json!({}))]).await;
     let e = env(&["bob@example.test"]);
     let one = |chain: Arc<Chain>, e: EnvelopeInfo| async move {
-        let mut s = chain.session(info());
+        let mut s = chain.session(info()).unwrap();
         assert_eq!(s.connect().await, Decision::Continue);
         assert_eq!(s.rcpt(&e, "a@example.test", &[]).await, Decision::Continue);
         let d = s.data(&e, MESSAGE).await;

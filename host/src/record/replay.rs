@@ -35,6 +35,9 @@ use crate::smtp::command::{self, Command};
 use crate::smtp::reply::std_replies;
 use crate::smtp::{Action, Session, Waiting};
 
+/// How long a replayed session waits for its policy instance slots.
+const REPLAY_POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How a host call the recording does not have is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Unrecorded {
@@ -324,7 +327,7 @@ impl Replayer {
         entries.extend(RecordedCalls::entries_of(rec));
         let answers = RecordedCalls::new(entries, self.unrecorded, started_ms, failures.clone());
         let implicit = rec.tls.clone().map(|t| (t.version, t.cipher));
-        let mut gate = GateSession::new(
+        let gate = GateSession::open(
             self.rules.clone(),
             self.chain.clone(),
             &GatePeer {
@@ -339,7 +342,17 @@ impl Replayer {
                     .and_then(|p| p.parse::<SocketAddr>().ok())
                     .is_none_or(|p| p.ip() != ip),
             },
-        );
+            // Sessions replayed side by side wait for each other's slots.
+            REPLAY_POOL_WAIT,
+        )
+        .await;
+        let mut gate = match gate {
+            Ok(g) => g,
+            Err(full) => {
+                out.errors.push(full.to_string());
+                return out;
+            }
+        };
         let tap = Arc::new(
             SessionTap::new(
                 SessionStart {

@@ -29,6 +29,9 @@ pub enum Refusal {
     PerAddress,
     /// The client's network has its share.
     PerNetwork,
+    /// The policy instance pool has no room for the session's instances
+    /// (and no idle session could be shed).
+    Instances,
 }
 
 impl Refusal {
@@ -38,6 +41,7 @@ impl Refusal {
             Refusal::Capacity => "capacity",
             Refusal::PerAddress => "per-address",
             Refusal::PerNetwork => "per-network",
+            Refusal::Instances => "policy-instances",
         }
     }
 }
@@ -51,6 +55,8 @@ pub struct AdmissionCounters {
     pub per_address: AtomicU64,
     /// Refused: the network's cap.
     pub per_network: AtomicU64,
+    /// Refused: no policy instance slots.
+    pub instances: AtomicU64,
     /// Idle sessions closed to make room.
     pub shed: AtomicU64,
 }
@@ -61,6 +67,7 @@ impl AdmissionCounters {
             Refusal::Capacity => &self.capacity,
             Refusal::PerAddress => &self.per_address,
             Refusal::PerNetwork => &self.per_network,
+            Refusal::Instances => &self.instances,
         };
         c.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -280,6 +287,21 @@ impl Slot {
     /// Past the stress threshold?
     pub fn stressed(&self) -> bool {
         self.admission.stressed()
+    }
+
+    /// The policy instance pool is full: tell the longest-idle session to
+    /// close, so that its instance slots come free. False when none may be
+    /// shed.
+    pub fn shed_for_instances(&self) -> bool {
+        self.admission.shed_one()
+    }
+
+    /// Count and log a refusal for `reason` that came after admission
+    /// (the policy instance pool).
+    pub fn refused(&self, reason: Refusal, detail: &str) {
+        let count = self.admission.counters.count(reason);
+        let client = self.client.map(|(ip, _)| ip);
+        tracing::warn!(client = ?client, refused = count, reason = reason.as_str(), detail, "connection refused");
     }
 }
 

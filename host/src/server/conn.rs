@@ -21,6 +21,9 @@ use crate::smtp::reply::std_replies;
 use crate::smtp::{Action, Check, Reply, ReversePath, Session, Transaction, Verdict, Waiting};
 use crate::spool::{ClientInfo, Envelope, NewMessage, Recipient, TlsInfo, new_queue_id};
 
+/// How long a new session waits for the policy instance slots of an idle
+/// session shed to make room for it.
+const SHED_WAIT: Duration = Duration::from_secs(2);
 /// Read buffer per connection.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -73,7 +76,9 @@ pub(super) async fn handle(
     if let Err(r) = slot.client(peer.client.ip(), relay) {
         let reply = match r {
             Refusal::PerNetwork => std_replies::too_many_from_network(),
-            Refusal::PerAddress | Refusal::Capacity => std_replies::too_many_from_ip(),
+            Refusal::PerAddress | Refusal::Capacity | Refusal::Instances => {
+                std_replies::too_many_from_ip()
+            }
         };
         refuse(tcp, reply).await;
         return;
@@ -86,16 +91,37 @@ pub(super) async fn handle(
         .tls
         .as_ref()
         .map(|t| (t.version.clone(), t.cipher.clone()));
-    let mut gate = GateSession::new(
+    let gate_peer = GatePeer {
+        client: peer.client,
+        listener: local,
+        tls: tls.clone(),
+        relay_rights: peer.relay_rights,
+    };
+    let chain = shared.chain.current();
+    let opened = GateSession::open(
         shared.rules.clone(),
-        shared.chain.current(),
-        &GatePeer {
-            client: peer.client,
-            listener: local,
-            tls: tls.clone(),
-            relay_rights: peer.relay_rights,
-        },
-    );
+        chain.clone(),
+        &gate_peer,
+        Duration::ZERO,
+    )
+    .await;
+    let opened = match opened {
+        // The pool has no room for this session's policy instances: an
+        // idle session gives up its own, else this one is refused (never
+        // served with its policies failing).
+        Err(_) if slot.shed_for_instances() => {
+            GateSession::open(shared.rules.clone(), chain, &gate_peer, SHED_WAIT).await
+        }
+        other => other,
+    };
+    let mut gate = match opened {
+        Ok(g) => g,
+        Err(full) => {
+            slot.refused(Refusal::Instances, &full.to_string());
+            refuse(stream, std_replies::too_many_connections()).await;
+            return;
+        }
+    };
     let mut session = Session::new(
         shared.config.session_config(!cfg.implicit_tls),
         cfg.implicit_tls,

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -271,7 +271,10 @@ async fn accept_loop(
 }
 
 /// Say a 421 and close, without waiting long for a slow peer.
-pub(crate) async fn refuse(mut stream: TcpStream, reply: crate::smtp::Reply) {
+pub(crate) async fn refuse(
+    mut stream: impl tokio::io::AsyncWrite + Unpin,
+    reply: crate::smtp::Reply,
+) {
     use tokio::io::AsyncWriteExt;
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = stream.write_all(&reply.to_wire()).await;

@@ -7,12 +7,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::Resource;
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
 use crate::policy::bindings::{PolicyWorld, PolicyWorldPre, types};
 use crate::policy::engine::{EngineInner, one_line, stage_bits};
 use crate::policy::host::{HostState, MAX_LOG_LINES, Phase, clean};
 use crate::policy::message::MessageResource;
+use crate::policy::pool::Lease;
 use crate::policy::{CallError, PolicyError, Services, Stage};
 use crate::smtp::{Enhanced, Reply};
 
@@ -33,7 +34,7 @@ impl Chain {
             cause,
         };
         let mut inst = chain
-            .instantiate(p, Phase::Load, false)
+            .instantiate(p, Phase::Load, false, Hold::Loose)
             .await
             .map_err(|e| load_err("instantiate", e))?;
         // `init` first: a policy may narrow its stages to those its
@@ -88,7 +89,8 @@ impl Chain {
         p: &LoadedPolicy,
         pre: &PolicyWorldPre<HostState>,
     ) -> Result<(Store<HostState>, wasmtime::component::Instance), String> {
-        let mut store = self.new_store(p, Phase::Load);
+        let lease = self.lease(Hold::Loose).map_err(|e| e.to_string())?;
+        let mut store = self.new_store(p, Phase::Load, lease);
         let (.., wall) = self.budgets(p);
         let instance = match tokio::time::timeout(
             wall,
@@ -127,7 +129,7 @@ impl Chain {
         pre: &PolicyWorldPre<HostState>,
     ) -> Result<types::Description, String> {
         let mut inst = self
-            .instance_of(p, pre, Phase::Load)
+            .instance_of(p, pre, Phase::Load, Hold::Loose)
             .await
             .map_err(|e| e.to_string())?;
         match self.call(p, &mut inst, Phase::Load, Call::Describe).await {
@@ -147,22 +149,29 @@ impl Chain {
     }
 
     /// An `init`ed instance of `p`: a warm one when the policy reuses
-    /// instances and one is idle, else a fresh one.
+    /// instances and one is idle, else a fresh one. `hold`: whose slot it
+    /// takes (a session's reservation, or a lease of its own).
     pub(super) async fn check_out(
         &self,
         p: &LoadedPolicy,
         phase: Phase,
+        hold: Hold,
     ) -> Result<Instance, CallError> {
         let session_dns = self.engine.cfg.max_dns_lookups_per_session;
         if p.reuse {
-            let idle = p.warm().pop();
+            let idle = p.warm.pop();
             if let Some(mut inst) = idle {
                 bump(&p.stats.reused);
-                inst.store.data_mut().begin_session(session_dns);
+                let state = inst.store.data_mut();
+                if let Hold::Session = hold {
+                    // From now on it is one of the session's reserved slots.
+                    state.lease = None;
+                }
+                state.begin_session(session_dns);
                 return Ok(inst);
             }
         }
-        let mut inst = self.instantiate(p, phase, true).await?;
+        let mut inst = self.instantiate(p, phase, true, hold).await?;
         inst.store.data_mut().begin_session(session_dns);
         Ok(inst)
     }
@@ -174,8 +183,10 @@ impl Chain {
         p: &LoadedPolicy,
         pre: &PolicyWorldPre<HostState>,
         phase: Phase,
+        hold: Hold,
     ) -> Result<Instance, CallError> {
-        let mut store = self.new_store(p, phase);
+        let lease = self.lease(hold)?;
+        let mut store = self.new_store(p, phase, lease);
         let (.., wall) = self.budgets(p);
         let world = match tokio::time::timeout(wall, pre.instantiate_async(&mut store)).await {
             Err(_) => return Err(CallError::WallTimeout(wall)),
@@ -195,16 +206,32 @@ impl Chain {
         })
     }
 
+    /// The slot a new instance held as `hold` takes: a session's are
+    /// reserved already; any other needs a lease (`Capacity` when the pool
+    /// has none, even after dropping idle warm instances).
+    fn lease(&self, hold: Hold) -> Result<Option<Lease>, CallError> {
+        match hold {
+            Hold::Session => Ok(None),
+            Hold::Loose => self
+                .engine
+                .pool
+                .lease(true)
+                .map(Some)
+                .ok_or(CallError::Capacity),
+        }
+    }
+
     /// A store for an instance of `p`, with its limits, and the budgets of
-    /// one call in `phase` started.
-    fn new_store(&self, p: &LoadedPolicy, phase: Phase) -> Store<HostState> {
-        let state = HostState::new(
+    /// one call in `phase` started; `lease` lives as long as the store.
+    fn new_store(&self, p: &LoadedPolicy, phase: Phase, lease: Option<Lease>) -> Store<HostState> {
+        let mut state = HostState::new(
             p.name.clone(),
             p.grants,
             self.services.clone(),
             p.counters.clone(),
             p.max_memory,
         );
+        state.lease = lease;
         let mut store = Store::new(&self.engine.wasm, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|mut cx| {
@@ -235,9 +262,10 @@ impl Chain {
         p: &LoadedPolicy,
         phase: Phase,
         run_init: bool,
+        hold: Hold,
     ) -> Result<Instance, CallError> {
         bump(&p.stats.instantiations);
-        let mut inst = self.instance_of(p, &p.pre, phase).await?;
+        let mut inst = self.instance_of(p, &p.pre, phase, hold).await?;
         if run_init && !p.preinit {
             match self
                 .call(p, &mut inst, phase, Call::Init(&p.config_json))
@@ -272,6 +300,15 @@ impl Chain {
             Ok(Err(e)) => Err(classify(e, inst.store.data(), p)),
         }
     }
+}
+
+/// Whose pool slot an instance takes (see [`crate::policy::pool`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Hold {
+    /// One the session reserved when it started.
+    Session,
+    /// A lease of its own (loading, route calls).
+    Loose,
 }
 
 pub(super) fn unreachable_answer() -> ! {
@@ -317,6 +354,11 @@ pub(super) fn classify(e: wasmtime::Error, state: &HostState, p: &LoadedPolicy) 
             limit: p.max_memory as u64,
             asked: asked as u64,
         };
+    }
+    if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+        // The accounting keeps within the pool; wasmtime's own limits
+        // (core instances, memories, tables per slot) may still be met.
+        return CallError::Capacity;
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallError::Deadline(p.timeout),
@@ -375,6 +417,15 @@ pub(super) fn record_failure(p: &LoadedPolicy, stage: Phase, e: &CallError) {
 
 pub(super) fn error_tempfail() -> Reply {
     Reply::new(451, Enhanced(4, 3, 0), "policy error, try again later")
+}
+
+/// A policy could not be called for want of an instance slot.
+pub(super) fn error_capacity() -> Reply {
+    Reply::new(
+        451,
+        Enhanced(4, 3, 2),
+        "too busy to check this now, try again later",
+    )
 }
 
 pub(super) fn error_reject() -> Reply {

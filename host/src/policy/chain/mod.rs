@@ -17,6 +17,7 @@ use crate::policy::bindings::{Answer, PolicyWorld, PolicyWorldPre, types};
 use crate::policy::engine::EngineInner;
 use crate::policy::host::{Grants, GuestCounters, HostState, Phase};
 use crate::policy::message::ParsedMessage;
+use crate::policy::pool::{Evict, InstancePool, PoolFull, Reservation};
 use crate::policy::{
     CallError, EnvelopeInfo, OnError, PolicyStats, RouteDecision, Services, SessionInfo, Stage,
     VerdictCounts,
@@ -98,7 +99,7 @@ pub(crate) struct LoadedPolicy {
     /// `pre` is a snapshot taken after `init` (see `super::snapshot`): its
     /// instances are initialised already.
     pub(crate) preinit: bool,
-    pub(crate) warm: std::sync::Mutex<Vec<Instance>>,
+    pub(crate) warm: Arc<WarmList>,
     /// Its `[[policy]]` entry: a reload keeps this loaded version when the
     /// entry and the component's hash are unchanged.
     pub(crate) cfg: PolicyConfig,
@@ -129,15 +130,12 @@ impl LoadedPolicy {
             .filter(|c| c.mode == CandidateMode::Shadow)
     }
 
-    fn warm(&self) -> std::sync::MutexGuard<'_, Vec<Instance>> {
-        self.warm.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Give back an instance a session (or a route call) is done with:
-    /// kept warm when the policy reuses instances and the instance is not
-    /// worn out, dropped otherwise. Only instances whose every call
-    /// succeeded come here (a failed call drops its instance).
-    fn check_in(&self, mut inst: Instance) {
+    /// kept warm when the policy reuses instances, the instance is not
+    /// worn out and the pool has a slot for it outside sessions; dropped
+    /// otherwise. Only instances whose every call succeeded come here (a
+    /// failed call drops its instance).
+    fn check_in(&self, mut inst: Instance, pool: &Arc<InstancePool>) {
         if !self.reuse {
             return;
         }
@@ -148,10 +146,50 @@ impl LoadedPolicy {
         if inst.uses >= REUSE_MAX_SESSIONS || grown {
             return;
         }
-        let mut warm = self.warm();
+        let state = inst.store.data_mut();
+        if state.lease.is_none() {
+            // It held one of a session's reserved slots; idle, it needs a
+            // slot of its own (never taken from another warm instance).
+            match pool.lease(false) {
+                Some(lease) => state.lease = Some(lease),
+                None => return,
+            }
+        }
+        self.warm.push(inst);
+    }
+}
+
+/// A policy's idle warm instances (`reuse_instances`), each holding a
+/// lease; the pool drops them when a session's reservation needs room.
+#[derive(Default)]
+pub(crate) struct WarmList(std::sync::Mutex<Vec<Instance>>);
+
+impl WarmList {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Instance>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pop(&self) -> Option<Instance> {
+        self.lock().pop()
+    }
+
+    /// Keep `inst` idle, unless `WARM_IDLE_MAX` are already.
+    fn push(&self, inst: Instance) {
+        let mut warm = self.lock();
         if warm.len() < WARM_IDLE_MAX {
             warm.push(inst);
         }
+    }
+}
+
+impl Evict for WarmList {
+    fn evict_one(&self) -> bool {
+        // Dropped outside the lock: dropping gives its lease back.
+        let oldest = {
+            let mut warm = self.lock();
+            (!warm.is_empty()).then(|| warm.remove(0))
+        };
+        oldest.is_some()
     }
 }
 
@@ -240,9 +278,52 @@ impl Chain {
         self.stages & stage.bit() != 0
     }
 
-    /// A view of this chain for one SMTP session. Instances are made lazily
-    /// and dropped with the returned value.
-    pub fn session(self: &Arc<Self>, info: SessionInfo) -> ChainSession {
+    /// Instances one session of this chain may hold: one per position
+    /// whose active or canary version declares a session stage, one more
+    /// per shadow candidate that does (route calls are not in sessions).
+    pub fn instances_per_session(&self) -> usize {
+        let in_session = |p: &LoadedPolicy| p.stages & !Stage::Route.bit() != 0;
+        self.policies
+            .iter()
+            .map(|p| {
+                let (canary, shadow) = match &p.candidate {
+                    Some(c) if c.mode == CandidateMode::Canary => (in_session(&c.policy), false),
+                    Some(c) => (false, in_session(&c.policy)),
+                    None => (false, false),
+                };
+                usize::from(in_session(p) || canary) + usize::from(shadow)
+            })
+            .sum()
+    }
+
+    /// A view of this chain for one SMTP session, with the pool slots it
+    /// may need reserved (see [`crate::policy::pool`]); `PoolFull` when
+    /// they are not free. Instances are made lazily and dropped with the
+    /// returned value.
+    pub fn session(self: &Arc<Self>, info: SessionInfo) -> Result<ChainSession, PoolFull> {
+        let reservation = self
+            .engine
+            .pool
+            .reserve(self.instances_per_session(), info.relay_client)?;
+        Ok(self.session_with(info, reservation))
+    }
+
+    /// [`session`](Self::session), waiting up to `wait` for slots to be
+    /// given back (an idle session shed to make room closing).
+    pub async fn session_within(
+        self: &Arc<Self>,
+        info: SessionInfo,
+        wait: Duration,
+    ) -> Result<ChainSession, PoolFull> {
+        let reservation = self
+            .engine
+            .pool
+            .reserve_within(self.instances_per_session(), info.relay_client, wait)
+            .await?;
+        Ok(self.session_with(info, reservation))
+    }
+
+    fn session_with(self: &Arc<Self>, info: SessionInfo, reservation: Reservation) -> ChainSession {
         let n = self.sessions.fetch_add(1, Ordering::Relaxed);
         // A canary takes session n when (37 n) mod 100 is below its
         // percentage: exactly its share of every hundred sessions (37 and
@@ -266,6 +347,7 @@ impl Chain {
             instances: (0..self.policies.len()).map(|_| None).collect(),
             shadows: (0..self.policies.len()).map(|_| None).collect(),
             tap: None,
+            _reservation: reservation,
         }
     }
 
@@ -289,6 +371,8 @@ impl Chain {
                     tracing::debug!(target: "sluice::policy", policy = &*p.name, stage = "route", rcpt, route = ?r, "route");
                     return RouteDecision::Route(r);
                 }
+                // No instance slot: try again later, whatever on_error says.
+                Err(CallError::Capacity) => return RouteDecision::Defer(error_capacity()),
                 Err(_) => match p.on_error {
                     OnError::Continue => {}
                     OnError::Tempfail => return RouteDecision::Defer(error_tempfail()),
@@ -315,13 +399,13 @@ impl Chain {
         let started = Instant::now();
         bump(&p.stats.calls);
         let phase = Phase::Stage(Stage::Route);
-        let answer = match self.check_out(p, phase).await {
+        let answer = match self.check_out(p, phase, Hold::Loose).await {
             Ok(mut inst) => {
                 let r = self
                     .call(p, &mut inst, phase, Call::Route(envelope, rcpt))
                     .await;
                 if r.is_ok() {
-                    p.check_in(inst);
+                    p.check_in(inst, &self.engine.pool);
                 }
                 r
             }

@@ -31,6 +31,9 @@ pub struct ChainSession {
     pub(super) shadows: Vec<Option<Instance>>,
     /// Recorder or replay source of this session (see [`super::tap`]).
     pub(super) tap: Option<Arc<dyn HostTap>>,
+    /// The pool slots its instances take; given back after them (fields
+    /// drop in order, after `Drop::drop` has checked the instances in).
+    pub(super) _reservation: Reservation,
 }
 
 impl std::fmt::Debug for ChainSession {
@@ -50,13 +53,14 @@ impl Drop for ChainSession {
     /// The session is over: instances of policies that reuse them go back
     /// to their warm lists; the others are dropped.
     fn drop(&mut self) {
+        let pool = &self.chain.engine.pool;
         for (i, p) in self.picks.iter().enumerate() {
             if let Some(inst) = self.instances[i].take() {
-                p.check_in(inst);
+                p.check_in(inst, pool);
             }
             if let (Some(inst), Some(c)) = (self.shadows[i].take(), self.chain.policies[i].shadow())
             {
-                c.policy.check_in(inst);
+                c.policy.check_in(inst, pool);
             }
         }
     }
@@ -227,7 +231,7 @@ pub(super) async fn call_in_session(
     let phase = Phase::Stage(stage);
     let result = async {
         if slot.is_none() {
-            *slot = Some(chain.check_out(p, phase).await?);
+            *slot = Some(chain.check_out(p, phase, Hold::Session).await?);
         }
         let inst = slot.as_mut().expect("an instance was just made");
         inst.store.data_mut().tap = tap.cloned();
@@ -340,6 +344,8 @@ pub(super) fn verdict_outcome(
     match r {
         Ok(Answer::Verdict(v)) => decide(p, stage, &v),
         Ok(_) => unreachable_answer(),
+        // No instance to call: never the policy bypassed (`continue`).
+        Err(CallError::Capacity) => Some(Decision::Tempfail(error_capacity())),
         Err(_) => match p.on_error {
             OnError::Continue => None,
             OnError::Tempfail => Some(Decision::Tempfail(error_tempfail())),
@@ -358,6 +364,9 @@ pub(super) fn data_outcome(
     let answer = match r {
         Ok(Answer::Data(d)) => d,
         Ok(_) => unreachable_answer(),
+        Err(CallError::Capacity) => {
+            return (Some(DataOutcome::Tempfail(error_capacity())), Vec::new());
+        }
         Err(_) => {
             let outcome = match p.on_error {
                 OnError::Continue => None,

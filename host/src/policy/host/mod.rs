@@ -17,6 +17,7 @@ use crate::config::Capability;
 use crate::dns::DnsError;
 use crate::policy::bindings::sluice::policy as wit;
 use crate::policy::message::{MessageResource, cut};
+use crate::policy::pool::Lease;
 use crate::policy::tap::{self, HostCall, HostTap, Wire};
 use crate::policy::{Services, Stage};
 
@@ -160,6 +161,9 @@ pub(crate) struct HostState {
     /// The session's recorder or replay source, when there is one (see
     /// [`super::tap`]).
     pub(crate) tap: Option<Arc<dyn HostTap>>,
+    /// The pool slot of an instance outside a session (loading, a route
+    /// call, idle warm); `None` in a session, whose reservation holds it.
+    pub(crate) lease: Option<Lease>,
 }
 
 impl std::fmt::Debug for HostState {
@@ -217,6 +221,7 @@ impl HostState {
             stdout,
             stderr,
             tap: None,
+            lease: None,
         }
     }
 
