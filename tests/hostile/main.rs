@@ -14,4 +14,5 @@ mod guests;
 mod harness;
 
 mod messages;
+mod policy_instances;
 mod slow_connections;
