@@ -24,8 +24,13 @@ use crate::spool::{ClientInfo, Envelope, NewMessage, Recipient, TlsInfo, new_que
 /// How long a new session waits for the policy instance slots of an idle
 /// session shed to make room for it.
 const SHED_WAIT: Duration = Duration::from_secs(2);
-/// Read buffer per connection.
-const READ_CHUNK: usize = 16 * 1024;
+/// The read buffer while a session waits for a command: a command line is
+/// at most a few hundred octets, so a pipelined batch takes a few reads,
+/// and an idle connection holds only this.
+const COMMAND_CHUNK: usize = 1024;
+/// The read buffer while a message arrives (DATA, BDAT), made when one
+/// starts and dropped after it.
+const DATA_CHUNK: usize = 16 * 1024;
 
 /// Who is on the other end.
 #[derive(Debug, Clone)]
@@ -282,7 +287,7 @@ impl Driver {
     ) -> std::io::Result<()> {
         let limits = self.shared.config.limits.clone();
         let deadline = Instant::now() + limits.max_session_duration;
-        let mut buf = vec![0u8; READ_CHUNK];
+        let mut buf = Vec::new();
         let mut told_shutdown = false;
         // Since when the session waits without progress: a timeout runs
         // from there, so a byte now and then does not keep a slot.
@@ -368,6 +373,13 @@ impl Driver {
                         Waiting::Data => now + timeout,
                     }
                     .min(deadline);
+                    let chunk = match waiting {
+                        Waiting::Command => COMMAND_CHUNK,
+                        Waiting::Data => DATA_CHUNK,
+                    };
+                    if buf.len() != chunk {
+                        buf = vec![0u8; chunk];
+                    }
                     let r = tokio::select! {
                         r = tokio::time::timeout_at(wait_until, stream.read(&mut buf)) => Some(r),
                         _ = self.shed.notified() => None,
