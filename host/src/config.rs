@@ -120,6 +120,10 @@ pub struct RecordConfig {
     pub redact: bool,
     /// Messages larger than this are recorded redacted.
     pub max_message_size: ByteSize,
+    /// What one session's record may hold in memory while the session
+    /// runs: messages that would pass it are recorded redacted, other
+    /// events past it left out (the record marked truncated).
+    pub max_session_size: ByteSize,
     /// Memory for recorded sessions waiting to be written; sessions past
     /// it are dropped (and counted), never waited for.
     pub max_queue: ByteSize,
@@ -133,6 +137,7 @@ impl Default for RecordConfig {
             max_files: 20,
             redact: false,
             max_message_size: ByteSize(10 << 20),
+            max_session_size: ByteSize(16 << 20),
             max_queue: ByteSize(64 << 20),
         }
     }

@@ -42,6 +42,38 @@ const MAX_EVENTS: usize = 10_000;
 /// Most host calls recorded for one hook call.
 const MAX_CALLS_PER_HOOK: usize = 1000;
 
+/// How much of a session a record keeps (from `[record]`).
+#[derive(Debug, Clone, Copy)]
+pub struct RecordLimits {
+    /// Every message redacted to its header section.
+    pub redact: bool,
+    /// A message larger than this is redacted.
+    pub max_message: u64,
+    /// Octets (roughly) one session's record may hold in memory: a message
+    /// that would pass it is redacted, other events past it left out and
+    /// the record marked `truncated`.
+    pub max_session: usize,
+}
+
+impl RecordLimits {
+    /// The limits of `[record]`.
+    pub fn of(cfg: &crate::config::RecordConfig) -> Self {
+        Self {
+            redact: cfg.redact,
+            max_message: cfg.max_message_size.0,
+            max_session: usize::try_from(cfg.max_session_size.0).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// No limit but the count of events (replay, whose input is a
+    /// recording already bounded).
+    pub const UNBOUNDED: Self = Self {
+        redact: false,
+        max_message: u64::MAX,
+        max_session: usize::MAX,
+    };
+}
+
 /// Answers host calls during a replay (see [`replay`]).
 pub(crate) trait Answers: Send + std::fmt::Debug {
     fn answer(
@@ -64,8 +96,9 @@ struct Capture {
     /// Host calls of the hook in progress.
     calls: Vec<HostCall>,
     refused: bool,
-    redact: bool,
-    max_message: u64,
+    limits: RecordLimits,
+    /// Roughly what `record` holds, in octets.
+    size: usize,
 }
 
 impl Capture {
@@ -75,10 +108,14 @@ impl Capture {
     }
 
     fn push(&mut self, e: Event) {
-        if self.record.events.len() >= MAX_EVENTS {
+        let size = e.approx_size();
+        if self.record.events.len() >= MAX_EVENTS
+            || self.size.saturating_add(size) > self.limits.max_session
+        {
             self.record.truncated = true;
             return;
         }
+        self.size += size;
         self.record.events.push(e);
     }
 }
@@ -144,8 +181,7 @@ impl SessionTap {
         start: SessionStart,
         mode: RecordMode,
         writer: Option<Arc<Writer>>,
-        redact: bool,
-        max_message: u64,
+        limits: RecordLimits,
     ) -> Self {
         let policies = start
             .chain
@@ -189,8 +225,8 @@ impl SessionTap {
                 pending: Vec::new(),
                 calls: Vec::new(),
                 refused: false,
-                redact,
-                max_message,
+                limits,
+                size: 0,
             }),
             answers: None,
             mode,
@@ -251,7 +287,12 @@ impl SessionTap {
     pub fn message(&self, body: &[u8]) {
         let mut c = lock(&self.capture);
         let t = c.t();
-        let redact = c.redact || body.len() as u64 > c.max_message;
+        // Whole, it would take about its size (as text) or 4/3 of it
+        // (base64) of the session's share.
+        let whole = body.len().saturating_add(body.len() / 3);
+        let redact = c.limits.redact
+            || body.len() as u64 > c.limits.max_message
+            || c.size.saturating_add(whole) > c.limits.max_session;
         if redact {
             c.record.redacted = true;
         }
@@ -430,8 +471,7 @@ impl crate::gate::StageTap for SessionTap {
 #[derive(Debug)]
 pub struct Recorder {
     writer: Arc<Writer>,
-    redact: bool,
-    max_message: u64,
+    limits: RecordLimits,
 }
 
 impl Recorder {
@@ -439,8 +479,7 @@ impl Recorder {
     pub fn start(cfg: &crate::config::RecordConfig) -> std::io::Result<Recorder> {
         Ok(Recorder {
             writer: Arc::new(Writer::start(cfg)?),
-            redact: cfg.redact,
-            max_message: cfg.max_message_size.0,
+            limits: RecordLimits::of(cfg),
         })
     }
 
@@ -471,8 +510,7 @@ impl Recorder {
             start(),
             mode,
             Some(self.writer.clone()),
-            self.redact,
-            self.max_message,
+            self.limits,
         )))
     }
 
@@ -488,4 +526,87 @@ pub fn new_id_and_time() -> (String, String) {
         uuid::Uuid::now_v7().to_string(),
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tap(limits: RecordLimits) -> SessionTap {
+        let (id, started) = new_id_and_time();
+        let start = SessionStart {
+            id,
+            started,
+            listener: "127.0.0.1:25".into(),
+            peer: "127.0.0.1:40000".parse().unwrap(),
+            proxy: None,
+            tls: None,
+            relay_client: false,
+            chain: None,
+        };
+        SessionTap::new(start, RecordMode::All, None, limits)
+    }
+
+    fn message(n: usize) -> Vec<u8> {
+        let mut m = b"Subject: big\r\n\r\n".to_vec();
+        m.resize(n, b'x');
+        m
+    }
+
+    /// A session's record holds at most `max_session` octets however many
+    /// messages and commands it sees: later messages are redacted, later
+    /// events left out, and the record says so.
+    #[test]
+    fn a_session_record_is_bounded_in_bytes() {
+        let limits = RecordLimits {
+            redact: false,
+            max_message: 10 << 20,
+            max_session: 64 << 10,
+        };
+        let t = tap(limits);
+        for _ in 0..20 {
+            t.message(&message(40 << 10));
+        }
+        for i in 0..2000 {
+            t.commands(vec![format!("RCPT TO:<user{i}@example.com>").into_bytes()]);
+        }
+        let r = t.finish().expect("kept");
+        assert!(r.approx_size() <= 512 + (64 << 10), "{}", r.approx_size());
+        assert!(r.redacted && r.truncated);
+        let whole = r
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Message { data: Some(_), .. }))
+            .count();
+        let redacted = r
+            .events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::Message {
+                        headers: Some(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!((whole, redacted), (1, 19));
+    }
+
+    /// Within the bound nothing is redacted or left out.
+    #[test]
+    fn a_small_session_is_recorded_whole() {
+        let t = tap(RecordLimits {
+            redact: false,
+            max_message: 10 << 20,
+            max_session: 16 << 20,
+        });
+        for _ in 0..3 {
+            t.message(&message(40 << 10));
+        }
+        let r = t.finish().expect("kept");
+        assert!(!r.redacted && !r.truncated);
+        assert_eq!(r.events.len(), 3);
+    }
 }

@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use super::schema::{Event, MessageContent, SessionRecord};
 use super::script::ClientScript;
-use super::{Answers, SessionStart, SessionTap};
+use super::{Answers, RecordLimits, SessionStart, SessionTap};
 use crate::config::{Config, DnsConfig, PolicyConfig, RecordMode};
 use crate::gate::{BuiltIn, DataVerdict, GatePeer, GateSession};
 use crate::policy::tap::CallResult;
@@ -367,8 +367,7 @@ impl Replayer {
                 },
                 RecordMode::All,
                 None,
-                false,
-                u64::MAX,
+                RecordLimits::UNBOUNDED,
             )
             .with_answers(Box::new(answers)),
         );

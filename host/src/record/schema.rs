@@ -296,27 +296,29 @@ impl SessionRecord {
 
     /// Roughly how much memory the record holds (for the writer's bound).
     pub fn approx_size(&self) -> usize {
-        let mut n = 512;
-        for e in &self.events {
-            n += 64;
-            match e {
-                Event::Command { line, .. } => n += line.len(),
-                Event::Reply { lines, .. } => n += lines.iter().map(String::len).sum::<usize>(),
-                Event::Message {
-                    data,
-                    data_base64,
-                    headers,
-                    ..
-                } => {
-                    n += data.as_ref().map_or(0, String::len)
-                        + data_base64.as_ref().map_or(0, String::len)
-                        + headers.as_ref().map_or(0, String::len)
-                }
-                Event::Stage { policies, .. } => n += policies.len() * 256,
-                Event::Tls { .. } => {}
+        512 + self.events.iter().map(Event::approx_size).sum::<usize>()
+    }
+}
+
+impl Event {
+    /// Roughly how much memory the event holds.
+    pub fn approx_size(&self) -> usize {
+        64 + match self {
+            Event::Command { line, .. } => line.len(),
+            Event::Reply { lines, .. } => lines.iter().map(String::len).sum::<usize>(),
+            Event::Message {
+                data,
+                data_base64,
+                headers,
+                ..
+            } => {
+                data.as_ref().map_or(0, String::len)
+                    + data_base64.as_ref().map_or(0, String::len)
+                    + headers.as_ref().map_or(0, String::len)
             }
+            Event::Stage { policies, .. } => policies.len() * 256,
+            Event::Tls { .. } => 0,
         }
-        n
     }
 }
 
