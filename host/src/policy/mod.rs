@@ -98,6 +98,8 @@
 mod bindings;
 mod chain;
 mod engine;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 #[cfg(test)]
 #[path = "../../../tests/policy-guests/locate.rs"]
 mod guests;
