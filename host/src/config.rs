@@ -428,6 +428,10 @@ pub struct QueueConfig {
     pub concurrency: usize,
     /// Deliveries in flight per destination.
     pub destination_concurrency: usize,
+    /// Message octets the queue holds in memory at once (messages being
+    /// delivered or bounced); a message waits to be read until its size
+    /// fits (one larger than all of it goes alone).
+    pub max_message_memory: ByteSize,
     /// What a DSN returns of the original at most (a larger message: its
     /// header section; a larger header section: cut after a whole field).
     pub bounce_size_limit: ByteSize,
@@ -451,6 +455,7 @@ impl Default for QueueConfig {
             max_lifetime: Duration::from_secs(5 * 86400),
             concurrency: 100,
             destination_concurrency: 10,
+            max_message_memory: ByteSize(512 << 20),
             // As the DSN builder's own default (and Postfix's bounce_size_limit).
             bounce_size_limit: ByteSize(50 * 1024),
             max_dsns_per_domain: 100,
@@ -1012,6 +1017,12 @@ impl Config {
         }
         if q.concurrency < 1 || q.destination_concurrency < 1 {
             return Err(invalid("concurrency", "must be at least 1".into()));
+        }
+        if q.max_message_memory.0 < (1 << 20) {
+            return Err(invalid(
+                "queue.max_message_memory",
+                "must be at least 1MiB".into(),
+            ));
         }
         let d = &self.delivery;
         if let Some(r) = &d.relay_host

@@ -489,3 +489,59 @@ fn kill_9_while_delivering_loses_nothing() {
     );
     assert!(unknown.is_empty(), "messages nobody sent: {unknown:?}");
 }
+
+/// Most deliveries the sink had in progress at once, from its event log.
+fn most_in_flight(events: &[String]) -> usize {
+    let (mut now, mut most) = (0usize, 0usize);
+    for e in events {
+        if e.starts_with("data-start") {
+            now += 1;
+            most = most.max(now);
+        } else if e.starts_with("data-end") {
+            now = now.saturating_sub(1);
+        }
+    }
+    most
+}
+
+/// `[queue] max_message_memory` bounds the message octets the queue holds:
+/// with room for one 700 KiB message, deliveries to a slow sink go one at
+/// a time (with the default, several at once), and every message arrives.
+#[test]
+fn the_queue_holds_messages_within_its_memory_budget() {
+    for (budget, one_at_a_time) in [("\"1MiB\"", true), ("\"512MiB\"", false)] {
+        let (port, sinks) = Sink::start_shared(&[SinkOptions::on(lo(2)).delay(0.4)]);
+        let sink = &sinks[0];
+        let dns = DnsServer::start(
+            Zone::new()
+                .mx("big.test", 10, "mx.big.test")
+                .a("mx.big.test", lo(2)),
+        );
+        let sb = Sandbox::new();
+        let server = Gateway::new(dns.addr(), port)
+            .queue("max_message_memory", budget)
+            .start(&sb);
+        let mut body = b"Subject: big\r\n\r\n".to_vec();
+        while body.len() < 700 << 10 {
+            body.extend_from_slice(
+                b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n",
+            );
+        }
+        let mut c = SmtpConn::ehlo(server.addr(0), "client.example");
+        for _ in 0..5 {
+            let r = c.send_mail("a@origin.example", &["u@big.test"], &body);
+            assert!(r.queue_id().is_some(), "{r:?}");
+        }
+        c.expect("QUIT", 221);
+        sink.wait_messages(5, Duration::from_secs(60), &server);
+        wait_queue_empty(&sb, Duration::from_secs(30), &server);
+        let most = most_in_flight(&sink.events());
+        assert_eq!(
+            most == 1,
+            one_at_a_time,
+            "max_message_memory = {budget}: {most} deliveries at once; events {:?}",
+            sink.events()
+        );
+        assert_eq!(sink.count(), 5, "every message delivered once");
+    }
+}

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit, watch};
 
 use crate::config::Config;
 use crate::delivery::client::{ClientConfig, Credentials};
@@ -128,6 +128,12 @@ struct Inner {
     wake: Notify,
     /// Messages being worked on at once.
     active: Semaphore,
+    /// Message octets held in memory by the messages being worked on, in
+    /// KiB permits (`max_message_memory`).
+    memory: Semaphore,
+    /// All of `memory`'s permits: a message larger than the whole budget
+    /// takes all of it and goes alone.
+    memory_kib: u32,
     /// Deliveries in flight, all destinations.
     global: Arc<Semaphore>,
     /// Deliveries in flight per destination.
@@ -209,6 +215,8 @@ impl Queue {
             router: Router::new(&cfg),
             maildirs: Maildirs::new(cfg.data_dir.join("mail"), &cfg.hostname),
             active: Semaphore::new(q.concurrency.max(1) * 2),
+            memory: Semaphore::new(kib(q.max_message_memory.0) as usize),
+            memory_kib: kib(q.max_message_memory.0),
             global: Arc::new(Semaphore::new(q.concurrency.max(1))),
             destinations: Mutex::default(),
             pool: pool::Pool::new(cfg.delivery.idle_connection_time),
@@ -515,7 +523,7 @@ impl Inner {
         let Ok(_active) = self.active.acquire().await else {
             return;
         };
-        let Some((mut env, msg)) = self.load(id).await else {
+        let Some((mut env, msg, _memory)) = self.load(id).await else {
             return;
         };
         if env.held {
@@ -533,14 +541,34 @@ impl Inner {
         self.settle(id, &env, &msg).await;
     }
 
-    /// Read a message from the spool; `None` when it is gone or cannot
-    /// be read now (then it is tried again later).
-    async fn load(&self, id: &str) -> Option<(Envelope, Vec<u8>)> {
+    /// Read a message from the spool, its content once the memory budget
+    /// has room for it (waiting until it has); `None` when it is gone or
+    /// cannot be read now (then it is tried again later). The permit holds
+    /// the message's share of the budget.
+    async fn load(&self, id: &str) -> Option<(Envelope, Vec<u8>, SemaphorePermit<'_>)> {
         let spool = self.spool.clone();
         let owned = id.to_string();
-        let loaded = tokio::task::spawn_blocking(move || spool.read(&owned)).await;
-        match loaded {
-            Ok(Ok((env, msg))) => Some((self.unsaved_state(id).unwrap_or(env), msg)),
+        let env = tokio::task::spawn_blocking(move || spool.read_envelope(&owned)).await;
+        let env = self.loaded(id, env).await?;
+        let need = kib(env.size).clamp(1, self.memory_kib.max(1));
+        let permit = self.memory.acquire_many(need).await.ok()?;
+        let spool = self.spool.clone();
+        let owned = id.to_string();
+        let body = tokio::task::spawn_blocking(move || spool.read_body(&owned)).await;
+        let body = self.loaded(id, body).await?;
+        Some((self.unsaved_state(id).unwrap_or(env), body, permit))
+    }
+
+    /// What a read of message `id` from the spool gave: the value, or
+    /// `None` when it is gone, damaged (then set aside) or unreadable now
+    /// (then tried again later).
+    async fn loaded<T>(
+        &self,
+        id: &str,
+        r: Result<Result<T, SpoolError>, tokio::task::JoinError>,
+    ) -> Option<T> {
+        match r {
+            Ok(Ok(v)) => Some(v),
             Ok(Err(SpoolError::Io { source, .. }))
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
@@ -979,6 +1007,12 @@ fn set_aside(spool: &dyn Spool, id: &str, e: &SpoolError) {
             "damaged spool entry, and it cannot be set aside"
         ),
     }
+}
+
+/// `octets` in KiB permits of the memory budget (rounded up, at most
+/// `u32::MAX`).
+fn kib(octets: u64) -> u32 {
+    u32::try_from(octets.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 /// Has a message received at `received_at` outlived `lifetime`? A

@@ -314,9 +314,14 @@ impl Spool for FsSpool {
 
     fn read(&self, id: &str) -> Result<(Envelope, Vec<u8>), SpoolError> {
         let env = self.read_envelope(id)?;
-        let eml = self.queue.join(format!("{id}.eml"));
-        let body = fs::read(&eml).map_err(io_err(&eml))?;
+        let body = self.read_body(id)?;
         Ok((env, body))
+    }
+
+    fn read_body(&self, id: &str) -> Result<Vec<u8>, SpoolError> {
+        check_id(id)?;
+        let eml = self.queue.join(format!("{id}.eml"));
+        fs::read(&eml).map_err(io_err(&eml))
     }
 
     fn read_envelope(&self, id: &str) -> Result<Envelope, SpoolError> {

@@ -106,6 +106,8 @@ pub trait Spool: Send + Sync + std::fmt::Debug {
     fn read(&self, id: &str) -> Result<(Envelope, Vec<u8>), SpoolError>;
     /// Read a message's envelope only (blocking).
     fn read_envelope(&self, id: &str) -> Result<Envelope, SpoolError>;
+    /// Read a message's content only (blocking).
+    fn read_body(&self, id: &str) -> Result<Vec<u8>, SpoolError>;
     /// Replace a message's envelope atomically and durably (blocking):
     /// after `Ok`, a crash leaves the new envelope, before it the old one.
     fn update(&self, env: &Envelope) -> Result<(), SpoolError>;
