@@ -428,10 +428,6 @@ pub struct QueueConfig {
     pub concurrency: usize,
     /// Deliveries in flight per destination.
     pub destination_concurrency: usize,
-    /// Message octets the queue holds in memory at once (messages being
-    /// delivered or bounced); a message waits to be read until its size
-    /// fits (one larger than all of it goes alone).
-    pub max_message_memory: ByteSize,
     /// What a DSN returns of the original at most (a larger message: its
     /// header section; a larger header section: cut after a whole field).
     pub bounce_size_limit: ByteSize,
@@ -455,7 +451,6 @@ impl Default for QueueConfig {
             max_lifetime: Duration::from_secs(5 * 86400),
             concurrency: 100,
             destination_concurrency: 10,
-            max_message_memory: ByteSize(512 << 20),
             // As the DSN builder's own default (and Postfix's bounce_size_limit).
             bounce_size_limit: ByteSize(50 * 1024),
             max_dsns_per_domain: 100,
@@ -605,8 +600,10 @@ pub struct Limits {
     pub max_header_size: ByteSize,
     /// Most header fields (more: 552 5.3.4 at the end of DATA).
     pub max_header_fields: usize,
-    /// The octets of messages all sessions may hold together while they
-    /// arrive and are judged; past it new messages get 452 4.3.1.
+    /// The octets of messages the gateway may hold together: sessions
+    /// while messages arrive and are judged, the queue while it delivers
+    /// or bounces them. Past it new messages get 452 4.3.1 and the queue
+    /// waits before it reads another.
     pub max_message_memory: ByteSize,
     /// Octets kept free on the spool's disk: a transaction that would
     /// leave less gets 452 4.3.1 at MAIL.
@@ -1017,12 +1014,6 @@ impl Config {
         }
         if q.concurrency < 1 || q.destination_concurrency < 1 {
             return Err(invalid("concurrency", "must be at least 1".into()));
-        }
-        if q.max_message_memory.0 < (1 << 20) {
-            return Err(invalid(
-                "queue.max_message_memory",
-                "must be at least 1MiB".into(),
-            ));
         }
         let d = &self.delivery;
         if let Some(r) = &d.relay_host

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::budget::MemoryBudget;
 use crate::config::{Config, RecordMode};
 use crate::delivery::client::{ClientConfig, Timeouts};
 use crate::gate::BuiltIn;
@@ -129,7 +130,12 @@ impl Gateway {
             config_path,
             config.clone(),
         ));
+        // One budget for the message octets sessions and the queue hold.
+        let budget = MemoryBudget::new(
+            usize::try_from(config.limits.max_message_memory.0).unwrap_or(usize::MAX),
+        );
         let queue = Queue::new(QueueParts {
+            budget: budget.clone(),
             spool: spool.clone(),
             config: config.clone(),
             resolver,
@@ -151,6 +157,7 @@ impl Gateway {
             queue: queue.clone(),
             chain,
             recorder: recorder.clone(),
+            budget,
             config: config.clone(),
         });
         Ok(Self {

@@ -30,6 +30,7 @@
 //! `scripts/house --check` keeps it so).
 
 pub mod admin;
+pub mod budget;
 pub mod config;
 pub mod delivery;
 pub mod dns;

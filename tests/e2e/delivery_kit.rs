@@ -497,6 +497,8 @@ pub(crate) struct Gateway {
     pub(crate) delivery: Vec<(String, String)>,
     /// More `[queue]` entries as (key, TOML value).
     pub(crate) queue: Vec<(String, String)>,
+    /// `[limits]` entries as (key, TOML value).
+    pub(crate) limits: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -516,6 +518,7 @@ impl Gateway {
             max_lifetime: "5m".into(),
             delivery: Vec::new(),
             queue: Vec::new(),
+            limits: Vec::new(),
         }
     }
 
@@ -538,6 +541,12 @@ impl Gateway {
         self
     }
 
+    /// Add one `[limits]` entry (`value` is TOML).
+    pub(crate) fn limit(mut self, key: &str, value: &str) -> Self {
+        self.limits.push((key.into(), value.into()));
+        self
+    }
+
     /// The TOML text for a data folder.
     pub(crate) fn to_toml(&self, data_dir: &Path) -> String {
         let quoted: Vec<String> = self
@@ -551,6 +560,12 @@ impl Gateway {
         writeln!(t, "local_domains = [{}]", quoted.join(", ")).unwrap();
         writeln!(t, "relay_networks = [\"127.0.0.0/8\"]").unwrap();
         writeln!(t, "\n[[listener]]\naddress = \"{}\"", self.listen).unwrap();
+        if !self.limits.is_empty() {
+            writeln!(t, "\n[limits]").unwrap();
+            for (k, v) in &self.limits {
+                writeln!(t, "{k} = {v}").unwrap();
+            }
+        }
         writeln!(t, "\n[queue]\ndeliver = true").unwrap();
         writeln!(t, "retry_initial = {:?}", self.retry_initial).unwrap();
         writeln!(t, "retry_max = {:?}", self.retry_max).unwrap();

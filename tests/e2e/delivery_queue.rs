@@ -504,12 +504,13 @@ fn most_in_flight(events: &[String]) -> usize {
     most
 }
 
-/// `[queue] max_message_memory` bounds the message octets the queue holds:
-/// with room for one 700 KiB message, deliveries to a slow sink go one at
-/// a time (with the default, several at once), and every message arrives.
+/// `[limits] max_message_memory` bounds the message octets the queue holds
+/// too: with room for one 700 KiB message, deliveries to a slow sink go one
+/// at a time (with the default, several at once), and every message
+/// arrives.
 #[test]
 fn the_queue_holds_messages_within_its_memory_budget() {
-    for (budget, one_at_a_time) in [("\"1MiB\"", true), ("\"512MiB\"", false)] {
+    for (budget, one_at_a_time) in [("\"1MiB\"", true), ("\"1GiB\"", false)] {
         let (port, sinks) = Sink::start_shared(&[SinkOptions::on(lo(2)).delay(0.4)]);
         let sink = &sinks[0];
         let dns = DnsServer::start(
@@ -519,7 +520,7 @@ fn the_queue_holds_messages_within_its_memory_budget() {
         );
         let sb = Sandbox::new();
         let server = Gateway::new(dns.addr(), port)
-            .queue("max_message_memory", budget)
+            .limit("max_message_memory", budget)
             .start(&sb);
         let mut body = b"Subject: big\r\n\r\n".to_vec();
         while body.len() < 700 << 10 {

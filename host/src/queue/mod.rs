@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Notify, Semaphore, SemaphorePermit, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
+use crate::budget::{Held, MemoryBudget};
 use crate::config::Config;
 use crate::delivery::client::{ClientConfig, Credentials};
 use crate::delivery::maildir::Maildirs;
@@ -128,12 +129,9 @@ struct Inner {
     wake: Notify,
     /// Messages being worked on at once.
     active: Semaphore,
-    /// Message octets held in memory by the messages being worked on, in
-    /// KiB permits (`max_message_memory`).
-    memory: Semaphore,
-    /// All of `memory`'s permits: a message larger than the whole budget
-    /// takes all of it and goes alone.
-    memory_kib: u32,
+    /// The gateway's message memory budget: a message is read only when
+    /// its size fits.
+    budget: Arc<MemoryBudget>,
     /// Deliveries in flight, all destinations.
     global: Arc<Semaphore>,
     /// Deliveries in flight per destination.
@@ -166,6 +164,8 @@ pub struct Queue {
 /// The pieces the queue needs from start-up.
 #[derive(Debug)]
 pub struct QueueParts {
+    /// The gateway's message memory budget (shared with the sessions).
+    pub budget: Arc<MemoryBudget>,
     /// The spool.
     pub spool: Arc<dyn Spool>,
     /// The configuration.
@@ -215,8 +215,7 @@ impl Queue {
             router: Router::new(&cfg),
             maildirs: Maildirs::new(cfg.data_dir.join("mail"), &cfg.hostname),
             active: Semaphore::new(q.concurrency.max(1) * 2),
-            memory: Semaphore::new(kib(q.max_message_memory.0) as usize),
-            memory_kib: kib(q.max_message_memory.0),
+            budget: parts.budget,
             global: Arc::new(Semaphore::new(q.concurrency.max(1))),
             destinations: Mutex::default(),
             pool: pool::Pool::new(cfg.delivery.idle_connection_time),
@@ -543,20 +542,22 @@ impl Inner {
 
     /// Read a message from the spool, its content once the memory budget
     /// has room for it (waiting until it has); `None` when it is gone or
-    /// cannot be read now (then it is tried again later). The permit holds
-    /// the message's share of the budget.
-    async fn load(&self, id: &str) -> Option<(Envelope, Vec<u8>, SemaphorePermit<'_>)> {
+    /// cannot be read now (then it is tried again later). The [`Held`]
+    /// holds the message's share of the budget.
+    async fn load(&self, id: &str) -> Option<(Envelope, Vec<u8>, Held)> {
         let spool = self.spool.clone();
         let owned = id.to_string();
         let env = tokio::task::spawn_blocking(move || spool.read_envelope(&owned)).await;
         let env = self.loaded(id, env).await?;
-        let need = kib(env.size).clamp(1, self.memory_kib.max(1));
-        let permit = self.memory.acquire_many(need).await.ok()?;
+        let held = self
+            .budget
+            .reserve(usize::try_from(env.size).unwrap_or(usize::MAX))
+            .await;
         let spool = self.spool.clone();
         let owned = id.to_string();
         let body = tokio::task::spawn_blocking(move || spool.read_body(&owned)).await;
         let body = self.loaded(id, body).await?;
-        Some((self.unsaved_state(id).unwrap_or(env), body, permit))
+        Some((self.unsaved_state(id).unwrap_or(env), body, held))
     }
 
     /// What a read of message `id` from the spool gave: the value, or
@@ -1007,12 +1008,6 @@ fn set_aside(spool: &dyn Spool, id: &str, e: &SpoolError) {
             "damaged spool entry, and it cannot be set aside"
         ),
     }
-}
-
-/// `octets` in KiB permits of the memory budget (rounded up, at most
-/// `u32::MAX`).
-fn kib(octets: u64) -> u32 {
-    u32::try_from(octets.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 /// Has a message received at `received_at` outlived `lifetime`? A

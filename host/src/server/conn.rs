@@ -12,9 +12,9 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::admission::{Refusal, Slot};
-use super::budget::Account;
 use super::stream::Stream;
 use super::{Shared, proxy, refuse};
+use crate::budget::Account;
 use crate::config::ListenerConfig;
 use crate::gate::{DataVerdict, GatePeer, GateSession};
 use crate::smtp::reply::std_replies;

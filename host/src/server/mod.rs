@@ -6,7 +6,6 @@
 //! [`ServerParts`].
 
 pub mod admission;
-pub mod budget;
 mod conn;
 pub mod proxy;
 mod stream;
@@ -20,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::budget::MemoryBudget;
 use crate::config::{Config, ListenerConfig};
 use crate::gate::BuiltIn;
 use crate::policy::LiveChain;
@@ -59,6 +59,8 @@ pub struct ServerParts {
     pub chain: Arc<LiveChain>,
     /// The session recorder; `None` when no listener records.
     pub recorder: Option<Arc<Recorder>>,
+    /// The message memory budget, shared with the queue.
+    pub budget: Arc<MemoryBudget>,
 }
 
 /// Everything a connection needs, shared.
@@ -70,7 +72,7 @@ pub(crate) struct Shared {
     /// Who gets a connection slot (caps, reserve, stress, shedding).
     pub(crate) admission: Arc<admission::Admission>,
     /// The octets of messages the sessions may hold together.
-    pub(crate) budget: Arc<budget::MemoryBudget>,
+    pub(crate) budget: Arc<MemoryBudget>,
     pub(crate) queue: Queue,
     /// The policy chain new sessions get (swapped by reloads).
     pub(crate) chain: Arc<LiveChain>,
@@ -142,9 +144,7 @@ impl Listeners {
         let limits = &parts.config.limits;
         let shared = Arc::new(Shared {
             admission: admission::Admission::new(limits),
-            budget: budget::MemoryBudget::new(
-                usize::try_from(limits.max_message_memory.0).unwrap_or(usize::MAX),
-            ),
+            budget: parts.budget,
             recorder: parts.recorder,
             rules: parts.rules,
             queue: parts.queue,
