@@ -81,6 +81,11 @@ impl MemoryBudget {
         self.used() >= self.limit
     }
 
+    /// Octets left before it is spent.
+    pub fn room(&self) -> usize {
+        self.limit.saturating_sub(self.used())
+    }
+
     /// A session's account on the budget, empty.
     pub fn account(self: &Arc<Self>) -> Account {
         Account {
@@ -98,6 +103,11 @@ pub struct Account {
 }
 
 impl Account {
+    /// The budget this account holds on.
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
     /// The session holds `now` octets of message.
     pub fn hold(&mut self, now: usize) {
         if now > self.held {

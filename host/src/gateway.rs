@@ -130,7 +130,8 @@ impl Gateway {
             config_path,
             config.clone(),
         ));
-        // One budget for the message octets sessions and the queue hold.
+        // One budget for the message octets sessions, their recordings and
+        // the queue hold.
         let budget = MemoryBudget::new(
             usize::try_from(config.limits.max_message_memory.0).unwrap_or(usize::MAX),
         );
@@ -146,7 +147,7 @@ impl Gateway {
         let admin = crate::admin::bind(&config.data_dir)?;
         let recorder = if config.listeners.iter().any(|l| l.record != RecordMode::Off) {
             Some(Arc::new(
-                Recorder::start(&config.record).map_err(GatewayError::Record)?,
+                Recorder::start(&config.record, budget.clone()).map_err(GatewayError::Record)?,
             ))
         } else {
             None

@@ -28,6 +28,7 @@ pub mod writer;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::budget::{Account, MemoryBudget};
 use crate::config::RecordMode;
 use crate::policy::tap::{HostCall, HostTap, PolicyResult};
 use crate::policy::{Change, DataDecision, DataOutcome, Stage};
@@ -99,6 +100,9 @@ struct Capture {
     limits: RecordLimits,
     /// Roughly what `record` holds, in octets.
     size: usize,
+    /// `size` held against the gateway's message memory budget until the
+    /// record goes to the writer.
+    account: Option<Account>,
 }
 
 impl Capture {
@@ -117,6 +121,9 @@ impl Capture {
         }
         self.size += size;
         self.record.events.push(e);
+        if let Some(a) = &mut self.account {
+            a.hold(self.size);
+        }
     }
 }
 
@@ -182,6 +189,7 @@ impl SessionTap {
         mode: RecordMode,
         writer: Option<Arc<Writer>>,
         limits: RecordLimits,
+        budget: Option<&Arc<MemoryBudget>>,
     ) -> Self {
         let policies = start
             .chain
@@ -227,6 +235,7 @@ impl SessionTap {
                 refused: false,
                 limits,
                 size: 0,
+                account: budget.map(MemoryBudget::account),
             }),
             answers: None,
             mode,
@@ -290,9 +299,15 @@ impl SessionTap {
         // Whole, it would take about its size (as text) or 4/3 of it
         // (base64) of the session's share.
         let whole = body.len().saturating_add(body.len() / 3);
+        // Nor may it take what the gateway's budget has left.
+        let no_room = c
+            .account
+            .as_ref()
+            .is_some_and(|a| a.budget().room() < whole);
         let redact = c.limits.redact
             || body.len() as u64 > c.limits.max_message
-            || c.size.saturating_add(whole) > c.limits.max_session;
+            || c.size.saturating_add(whole) > c.limits.max_session
+            || no_room;
         if redact {
             c.record.redacted = true;
         }
@@ -374,6 +389,8 @@ impl SessionTap {
             ..c.record.clone_header()
         };
         let record = std::mem::replace(&mut c.record, empty);
+        // The writer's queue bounds it from here (`max_queue`).
+        c.account = None;
         drop(c);
         match &self.writer {
             Some(w) => {
@@ -472,14 +489,20 @@ impl crate::gate::StageTap for SessionTap {
 pub struct Recorder {
     writer: Arc<Writer>,
     limits: RecordLimits,
+    budget: Arc<MemoryBudget>,
 }
 
 impl Recorder {
-    /// Start the writer for `[record]`.
-    pub fn start(cfg: &crate::config::RecordConfig) -> std::io::Result<Recorder> {
+    /// Start the writer for `[record]`; sessions' records hold their
+    /// messages against `budget`.
+    pub fn start(
+        cfg: &crate::config::RecordConfig,
+        budget: Arc<MemoryBudget>,
+    ) -> std::io::Result<Recorder> {
         Ok(Recorder {
             writer: Arc::new(Writer::start(cfg)?),
             limits: RecordLimits::of(cfg),
+            budget,
         })
     }
 
@@ -511,6 +534,7 @@ impl Recorder {
             mode,
             Some(self.writer.clone()),
             self.limits,
+            Some(&self.budget),
         )))
     }
 
@@ -533,6 +557,10 @@ mod tests {
     use super::*;
 
     fn tap(limits: RecordLimits) -> SessionTap {
+        tap_on(limits, None)
+    }
+
+    fn tap_on(limits: RecordLimits, budget: Option<&Arc<MemoryBudget>>) -> SessionTap {
         let (id, started) = new_id_and_time();
         let start = SessionStart {
             id,
@@ -544,7 +572,7 @@ mod tests {
             relay_client: false,
             chain: None,
         };
-        SessionTap::new(start, RecordMode::All, None, limits)
+        SessionTap::new(start, RecordMode::All, None, limits, budget)
     }
 
     fn message(n: usize) -> Vec<u8> {
@@ -592,6 +620,29 @@ mod tests {
             })
             .count();
         assert_eq!((whole, redacted), (1, 19));
+    }
+
+    /// A record holds its messages against the gateway's memory budget:
+    /// with no room left a message is recorded redacted, and the record
+    /// gives its octets back when it goes to the writer.
+    #[test]
+    fn a_record_takes_no_more_than_the_budget_has() {
+        let budget = MemoryBudget::new(100 << 10);
+        let mut other = budget.account();
+        other.hold(90 << 10);
+        let t = tap_on(RecordLimits::of(&Default::default()), Some(&budget));
+        t.message(&message(40 << 10));
+        other.hold(0);
+        t.message(&message(40 << 10));
+        assert!(budget.used() > 40 << 10, "the whole message is held");
+        let r = t.finish().expect("kept");
+        assert_eq!(budget.used(), 0, "given back with the record");
+        let kinds: Vec<bool> = r
+            .events
+            .iter()
+            .map(|e| matches!(e, Event::Message { data: Some(_), .. }))
+            .collect();
+        assert_eq!(kinds, [false, true], "redacted, then whole");
     }
 
     /// Within the bound nothing is redacted or left out.

@@ -368,6 +368,7 @@ impl Replayer {
                 RecordMode::All,
                 None,
                 RecordLimits::UNBOUNDED,
+                None,
             )
             .with_answers(Box::new(answers)),
         );
