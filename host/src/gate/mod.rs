@@ -176,11 +176,7 @@ impl GateSession {
                     relay_client,
                     helo: None,
                 };
-                Some(if wait.is_zero() {
-                    c.session(info)?
-                } else {
-                    c.session_within(info, wait).await?
-                })
+                Some(c.session_within(info, wait).await?)
             }
         };
         Ok(Self {

@@ -14,7 +14,7 @@ use crate::policy::engine::{EngineInner, one_line, stage_bits};
 use crate::policy::host::{HostState, MAX_LOG_LINES, Phase, clean};
 use crate::policy::message::MessageResource;
 use crate::policy::pool::Lease;
-use crate::policy::{CallError, PolicyError, Services, Stage};
+use crate::policy::{CallError, OnError, PolicyError, Services, Stage};
 use crate::smtp::{Enhanced, Reply};
 
 use super::*;
@@ -419,8 +419,32 @@ pub(super) fn error_tempfail() -> Reply {
     Reply::new(451, Enhanced(4, 3, 0), "policy error, try again later")
 }
 
+/// What a failed call of `p` means for the session: its `on_error`, except
+/// that a call that found no instance slot is always a temporary failure
+/// (the policy was never run, so `continue` would bypass it).
+pub(super) fn on_failure(p: &LoadedPolicy, e: &CallError) -> Failure {
+    if matches!(e, CallError::Capacity) {
+        return Failure::Tempfail(error_capacity());
+    }
+    match p.on_error {
+        OnError::Continue => Failure::Continue,
+        OnError::Tempfail => Failure::Tempfail(error_tempfail()),
+        OnError::Reject => Failure::Reject,
+    }
+}
+
+/// See [`on_failure`].
+pub(super) enum Failure {
+    /// Go on as if the policy had not been asked.
+    Continue,
+    /// Try again later with this reply.
+    Tempfail(Reply),
+    /// Refuse (each stage with its own form of `550 5.7.1`).
+    Reject,
+}
+
 /// A policy could not be called for want of an instance slot.
-pub(super) fn error_capacity() -> Reply {
+fn error_capacity() -> Reply {
     Reply::new(
         451,
         Enhanced(4, 3, 2),

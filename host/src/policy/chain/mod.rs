@@ -371,12 +371,10 @@ impl Chain {
                     tracing::debug!(target: "sluice::policy", policy = &*p.name, stage = "route", rcpt, route = ?r, "route");
                     return RouteDecision::Route(r);
                 }
-                // No instance slot: try again later, whatever on_error says.
-                Err(CallError::Capacity) => return RouteDecision::Defer(error_capacity()),
-                Err(_) => match p.on_error {
-                    OnError::Continue => {}
-                    OnError::Tempfail => return RouteDecision::Defer(error_tempfail()),
-                    OnError::Reject => {
+                Err(e) => match on_failure(p, &e) {
+                    Failure::Continue => {}
+                    Failure::Tempfail(r) => return RouteDecision::Defer(r),
+                    Failure::Reject => {
                         return RouteDecision::Route(Route::Reject {
                             status: Enhanced(5, 7, 1),
                             text: "policy error".into(),

@@ -10,8 +10,7 @@ use crate::policy::host::{Phase, clean};
 use crate::policy::message::ParsedMessage;
 use crate::policy::tap::{self, HostTap};
 use crate::policy::{
-    CallError, Change, DataDecision, DataOutcome, Decision, EnvelopeInfo, OnError, SessionInfo,
-    Stage,
+    CallError, Change, DataDecision, DataOutcome, Decision, EnvelopeInfo, SessionInfo, Stage,
 };
 
 use super::*;
@@ -344,12 +343,10 @@ pub(super) fn verdict_outcome(
     match r {
         Ok(Answer::Verdict(v)) => decide(p, stage, &v),
         Ok(_) => unreachable_answer(),
-        // No instance to call: never the policy bypassed (`continue`).
-        Err(CallError::Capacity) => Some(Decision::Tempfail(error_capacity())),
-        Err(_) => match p.on_error {
-            OnError::Continue => None,
-            OnError::Tempfail => Some(Decision::Tempfail(error_tempfail())),
-            OnError::Reject => Some(Decision::Reject(error_reject())),
+        Err(e) => match on_failure(p, &e) {
+            Failure::Continue => None,
+            Failure::Tempfail(r) => Some(Decision::Tempfail(r)),
+            Failure::Reject => Some(Decision::Reject(error_reject())),
         },
     }
 }
@@ -364,14 +361,11 @@ pub(super) fn data_outcome(
     let answer = match r {
         Ok(Answer::Data(d)) => d,
         Ok(_) => unreachable_answer(),
-        Err(CallError::Capacity) => {
-            return (Some(DataOutcome::Tempfail(error_capacity())), Vec::new());
-        }
-        Err(_) => {
-            let outcome = match p.on_error {
-                OnError::Continue => None,
-                OnError::Tempfail => Some(DataOutcome::Tempfail(error_tempfail())),
-                OnError::Reject => Some(DataOutcome::Reject(error_reject())),
+        Err(e) => {
+            let outcome = match on_failure(p, &e) {
+                Failure::Continue => None,
+                Failure::Tempfail(r) => Some(DataOutcome::Tempfail(r)),
+                Failure::Reject => Some(DataOutcome::Reject(error_reject())),
             };
             return (outcome, Vec::new());
         }
